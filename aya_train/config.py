@@ -13,6 +13,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
+# Field metadata marking a value that names an earlier stage; the pipeline checks and orders by it.
+STAGE_REF = {"stage_ref": True}
+
+
 @dataclass
 class RunConfig:
     # Run name; outputs go to `<output_dir>/<name>/`. Every rank derives the same directory from it.
@@ -120,7 +124,7 @@ class StageConfig:
     # Stage kind; set by the `/stage@stages.NAME: KIND` defaults entry that creates the stage.
     kind: str = MISSING
     # Weights to start from: the name of an earlier stage, or null for `model.name_or_path`.
-    init: Optional[str] = None
+    init: Optional[str] = field(default=None, metadata=STAGE_REF)
     # Name of the data set (under `data.`) this stage trains on.
     data: Optional[str] = None
     # Optimiser steps; -1 trains for num_train_epochs instead.
@@ -135,8 +139,8 @@ class StageConfig:
     per_device_eval_batch_size: int = 8
     # Steps to accumulate before each optimiser update.
     gradient_accumulation_steps: int = 1
-    # Share of training spent warming the learning rate up.
-    warmup_ratio: float = 0.0
+    # Linear warm-up: a number of steps, or a fraction of all steps when below 1.
+    warmup_steps: float = 0.0
     # transformers scheduler name (linear, cosine, constant, ...).
     lr_scheduler_type: str = "linear"
     # Log training metrics every N steps.
@@ -159,8 +163,6 @@ class StageConfig:
 @dataclass
 class SFTStageConfig(StageConfig):
     kind: str = "sft"
-    # Start from `model.name_or_path` by default.
-    init: Optional[str] = None
     # Train on the assistant turns only (their end token included); needs `{% generation %}` markers
     # in the chat template, as the built-in tiny tokenizer has.
     assistant_only_loss: bool = True

@@ -1,0 +1,156 @@
+"""Find a recipe, compose it with Hydra, and check it before anything heavy loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import List, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from aya_train.config import STAGE_SCHEMAS, register_configs
+from aya_train.errors import ConfigError, explain, suggest
+
+_PACKAGE = Path(__file__).resolve().parent
+# Env var with extra recipe folders (os.pathsep-separated), searched before the built-in recipes.
+RECIPE_PATH_ENV = "AYA_TRAIN_RECIPES"
+
+
+def _bundled(name: str) -> Path:
+    """A folder shipped in the wheel (aya_train/_<name>) or, in a checkout, at the repository root."""
+    inside = _PACKAGE / f"_{name}"
+    return inside if inside.is_dir() else _PACKAGE.parent / name
+
+
+def conf_dir() -> Path:
+    return _bundled("conf")
+
+
+def recipe_dirs() -> List[Path]:
+    extra = [Path(p).expanduser() for p in os.environ.get(RECIPE_PATH_ENV, "").split(os.pathsep) if p]
+    return extra + [_bundled("recipes")]
+
+
+def available_recipes() -> List[str]:
+    names = {p.stem for d in recipe_dirs() if d.is_dir() for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def find_recipe(name: str) -> Path:
+    """`recipe=NAME` (searched in $AYA_TRAIN_RECIPES, then the built-ins) or `recipe=path/to/file.yaml`."""
+    as_path = Path(name).expanduser()
+    if as_path.suffix in (".yaml", ".yml"):
+        if as_path.is_file():
+            return as_path.resolve()
+        raise ConfigError(f"recipe file `{name}` does not exist.")
+    for d in recipe_dirs():
+        candidate = d / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate.resolve()
+    names = available_recipes()
+    raise ConfigError(f"unknown recipe `{name}`.{suggest(name, names)} Available: {', '.join(names)}. "
+                      f"Add your own folder with {RECIPE_PATH_ENV}=/path/to/recipes or pass recipe=/path/file.yaml.")
+
+
+def split_recipe_arg(argv: Sequence[str]) -> tuple[str, List[str]]:
+    """Separate `recipe=NAME` from the Hydra overrides."""
+    recipe, rest = None, []
+    for arg in argv:
+        if arg.startswith("recipe="):
+            recipe = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    if not recipe:
+        raise ConfigError(f"no recipe given: run e.g. `aya-train recipe=demo`. Available: {', '.join(available_recipes())}.")
+    return recipe, rest
+
+
+def compose_recipe(recipe: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose recipe + conf groups + overrides into one typed config, then validate it."""
+    register_configs()
+    path = find_recipe(recipe)
+    searchpath = f"hydra.searchpath=[file://{conf_dir()}]"
+    try:
+        with initialize_config_dir(config_dir=str(path.parent), version_base=None):
+            cfg = compose(config_name=path.stem, overrides=[searchpath, *overrides])
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"{path.name}: {explain(exc)}") from None
+    validate(cfg)
+    return cfg
+
+
+def _stage_kind(name: str, node) -> str:
+    kind = OmegaConf.select(node, "kind", default=None) if OmegaConf.is_dict(node) else None
+    schema = OmegaConf.get_type(node) if OmegaConf.is_dict(node) else None
+    if kind not in STAGE_SCHEMAS or schema is not STAGE_SCHEMAS[kind]:
+        raise ConfigError(
+            f"stage `{name}` has no schema: add `- /stage@stages.{name}: KIND` to the recipe's defaults list "
+            f"(KIND one of {', '.join(STAGE_SCHEMAS)})."
+        )
+    return kind
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cross-field checks that the schema cannot express; raise ConfigError naming the key."""
+    from aya_train.data.readers import check_source
+    from aya_train.stages import trainer_config_class
+
+    if not cfg.stages:
+        raise ConfigError("the recipe defines no stages.")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", cfg.run.name):
+        raise ConfigError(f"run.name `{cfg.run.name}` must be letters, digits, '.', '_' or '-' (it names a folder).")
+    names = list(cfg.stages.keys())
+    for i, (name, node) in enumerate(cfg.stages.items()):
+        kind = _stage_kind(name, node)
+        earlier = names[:i]
+        for ref_key in _reference_keys(node):
+            ref = node[ref_key]
+            if ref is None:
+                continue
+            if ref not in earlier:
+                where = "a later stage" if ref in names else "no stage"
+                raise ConfigError(f"stages.{name}.{ref_key}: `{ref}` is {where}; it must name an earlier stage "
+                                  f"({', '.join(earlier) or 'none before this one'}).{suggest(ref, earlier)}")
+        data_name = OmegaConf.select(node, "data", default=None)
+        if data_name is not None and data_name not in cfg.data:
+            raise ConfigError(f"stages.{name}.data: no data set `{data_name}` under `data`."
+                              f"{suggest(data_name, list(cfg.data.keys()))} Defined: {', '.join(cfg.data) or 'none'}.")
+        _check_passthrough(name, node, trainer_config_class(kind))
+    for key in cfg.run.only or []:
+        if key not in names:
+            raise ConfigError(f"run.only: no stage `{key}`.{suggest(key, names)} Stages: {', '.join(names)}.")
+    for ds_name, ds in cfg.data.items():
+        if not ds.sources:
+            raise ConfigError(f"data.{ds_name}.sources is empty: give at least one `{{path: ..., format: ...}}`.")
+        for j, src in enumerate(ds.sources):
+            try:
+                check_source(src)
+            except (FileNotFoundError, ValueError) as exc:
+                raise ConfigError(f"data.{ds_name}.sources[{j}].path: {exc}") from None
+    name_or_path = cfg.model.name_or_path
+    if name_or_path != "tiny" and not Path(name_or_path).expanduser().exists() and name_or_path.count("/") != 1:
+        raise ConfigError(f"model.name_or_path: `{name_or_path}` is neither a local folder, a hub id (owner/name), "
+                          "nor `tiny`.")
+
+
+def _reference_keys(node) -> List[str]:
+    """Fields whose value names an earlier stage (init, ref_model, reward_model, ...)."""
+    schema = OmegaConf.get_type(node)
+    return [f.name for f in dataclasses.fields(schema) if f.metadata.get("stage_ref")]
+
+
+def _check_passthrough(name: str, node, trainer_cls: type) -> None:
+    """`args` may set any field of the trl config class, but not one the stage schema already types."""
+    valid = {f.name for f in dataclasses.fields(trainer_cls)}
+    typed = {f.name for f in dataclasses.fields(OmegaConf.get_type(node))}
+    for key in node.args:
+        if key in typed:
+            raise ConfigError(f"stages.{name}.args.{key}: `{key}` is a stage field; set stages.{name}.{key} instead.")
+        if key not in valid:
+            raise ConfigError(f"stages.{name}.args.{key}: not a field of trl's {trainer_cls.__name__}."
+                              f"{suggest(key, valid)}")
