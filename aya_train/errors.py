@@ -34,18 +34,17 @@ def explain(exc: BaseException) -> str:
         inner = inner.__cause__
     if isinstance(inner, OmegaConfBaseException):
         key = getattr(inner, "full_key", None) or getattr(inner, "key", None) or "?"
-        msg = getattr(inner, "msg", None) or str(inner).splitlines()[0]
+        msg = str(getattr(inner, "msg", None) or inner).splitlines()[0]
         if "not in" in msg or "is not in struct" in msg:
             leaf = str(key).split(".")[-1]
             parent = str(key).rpartition(".")[0]
-            hint = suggest(leaf, _fields_of(getattr(inner, "object_type", None)))
-            if not hint and getattr(inner, "parent_node", None) is not None:
-                parent_node = inner.parent_node
-                hint = suggest(leaf, list(parent_node.keys()) if OmegaConf.is_dict(parent_node) else [])
+            valid = _fields_of(getattr(inner, "object_type", None))
+            parent_node = getattr(inner, "parent_node", None)
+            if not valid and parent_node is not None and OmegaConf.is_dict(parent_node):
+                valid = [str(k) for k in parent_node.keys()]
             where = f" under `{parent}`" if parent else ""
-            return f"unknown config key `{key}`{where}.{hint}"
-        if "Value '" in msg or "could not be converted" in msg or "Invalid value" in msg:
-            return f"`{key}`: {msg}"
+            known = f" Valid keys: {', '.join(valid)}." if valid else ""
+            return f"unknown config key `{key}`{where}.{suggest(leaf, valid)}{known}"
         return f"`{key}`: {msg}"
     first = str(exc).strip().splitlines()
     text = " ".join(line.strip() for line in first if line.strip())

@@ -6,6 +6,7 @@ The built-in tiny model (a byte-level BPE tokenizer plus a random-init Llama) li
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -77,21 +78,27 @@ def resolve_attn_implementation(name: str) -> str:
     return name
 
 
+def _checkpointing_arg() -> str:
+    """TrainingArguments' name for activation checkpointing (`gradient_checkpointing` is deprecated in 5.2x)."""
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def precision_args(model_cfg: ModelConfig) -> dict[str, Any]:
     """Keyword args for a TrainingArguments subclass that are safe on this machine's hardware."""
+    # Always set explicitly: trl configs default to bf16=True and to checkpointing on.
     if not on_gpu():
-        # trl configs default to bf16=True, and checkpointing only slows a CPU run down.
-        return {"use_cpu": True, "bf16": False, "fp16": False, "gradient_checkpointing": False}
+        # bf16 autocast breaks on CPU, and checkpointing only slows a CPU run down.
+        return {"use_cpu": True, "bf16": False, "fp16": False, _checkpointing_arg(): False}
     dtype = resolve_dtype(model_cfg.dtype)
-    args: dict[str, Any] = {
+    # transformers 5 checkpoints non-reentrantly by default, which LoRA's frozen inputs need.
+    return {
         "bf16": dtype == torch.bfloat16,
         "fp16": dtype == torch.float16,
-        "gradient_checkpointing": bool(model_cfg.gradient_checkpointing),
+        _checkpointing_arg(): bool(model_cfg.gradient_checkpointing),
     }
-    if model_cfg.gradient_checkpointing:
-        # Reentrant checkpointing breaks with frozen inputs (LoRA) and DDP's unused-parameter detection.
-        args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-    return args
 
 
 def _read_chat_template(value: str) -> str:
@@ -192,6 +199,11 @@ def quantization_config(lora: LoraConfig) -> Any:
         return None
     if lora.quantize not in QUANTIZE_MODES:
         raise ValueError(f"lora.quantize={lora.quantize!r} is not supported; use 4bit, 8bit or null")
+    if not lora.enabled:
+        raise ValueError(
+            f"lora.quantize={lora.quantize} needs lora.enabled=true: "
+            "quantised weights are frozen, only an adapter can train"
+        )
     if not on_gpu():
         raise ValueError(f"lora.quantize={lora.quantize} needs a CUDA GPU; set lora.quantize=null to train on CPU")
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -222,6 +234,12 @@ def _adapter_fingerprint(adapter_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def _merged_from(folder: Path) -> dict[str, str] | None:
+    """The stamp of a merged folder, or None when there is none."""
+    stamp_file = folder / MERGE_STAMP
+    return json.loads(stamp_file.read_text(encoding="utf-8")) if stamp_file.is_file() else None
+
+
 def merge_adapter_if_any(path: str, model_cfg: ModelConfig, out_dir: Path, *, num_labels: int = 1) -> str:
     """Merge the peft adapter at `path` into its base model, saved under `out_dir`; other paths pass through."""
     adapter_dir = Path(path)
@@ -232,8 +250,7 @@ def merge_adapter_if_any(path: str, model_cfg: ModelConfig, out_dir: Path, *, nu
 
     out_dir = Path(out_dir)
     stamp = {"adapter": str(adapter_dir.resolve()), "sha256": _adapter_fingerprint(adapter_dir)}
-    stamp_file = out_dir / MERGE_STAMP
-    if stamp_file.is_file() and json.loads(stamp_file.read_text(encoding="utf-8")) == stamp:
+    if _merged_from(out_dir) == stamp:
         # Merged earlier from these exact adapter bytes (or by another rank): reuse it.
         return str(out_dir)
 
@@ -253,12 +270,17 @@ def merge_adapter_if_any(path: str, model_cfg: ModelConfig, out_dir: Path, *, nu
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        merged.save_pretrained(tmp, safe_serialization=True)
+        merged.save_pretrained(tmp)  # transformers 5 writes safetensors only
         tok.save_pretrained(tmp)
         (tmp / MERGE_STAMP).write_text(json.dumps(stamp, indent=2), encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir)  # stale: merged from another adapter
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            # Another process merged the same adapter in the meantime: use theirs.
+            if _merged_from(out_dir) != stamp:
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(out_dir)

@@ -32,16 +32,20 @@ def print_plan(cfg: DictConfig, run_dir, data) -> None:
     console.print(graph)
     for ds_name in dict.fromkeys(node.data for node in cfg.stages.values() if node.data):
         loaded = data(ds_name)
-        table = Table(title=f"data set `{ds_name}` (fingerprint {loaded.fingerprint})")
-        for column in ("language", "task", "train rows", "eval rows"):
-            table.add_column(column, justify="right" if "rows" in column else "left")
-        train = Counter(zip(loaded.train["language"], loaded.train["task"]))
-        held = Counter(zip(loaded.eval["language"], loaded.eval["task"]))
-        for lang, task in sorted(set(train) | set(held)):
-            table.add_row(lang, task, str(train[(lang, task)]), str(held[(lang, task)]))
-        table.add_section()
-        table.add_row("all", f"{len(set(loaded.train['language']))} languages", str(len(loaded.train)), str(len(loaded.eval)))
-        console.print(table)
+        for column in ("language", "task"):
+            train, held = Counter(loaded.train[column]), Counter(loaded.eval[column])
+            other = "task" if column == "language" else "language"
+            spread = {}
+            for key, value in zip(loaded.train[column], loaded.train[other]):
+                spread.setdefault(key, set()).add(value)
+            table = Table(title=f"data set `{ds_name}` by {column} (fingerprint {loaded.fingerprint})")
+            for name in (column, "train rows", "eval rows", f"{other}s"):
+                table.add_column(name, justify="left" if name == column else "right")
+            for key in sorted(set(train) | set(held)):
+                table.add_row(key, str(train[key]), str(held[key]), str(len(spread.get(key, ()))))
+            table.add_section()
+            table.add_row("all", str(len(loaded.train)), str(len(loaded.eval)), "")
+            console.print(table)
 
 
 def print_languages(results: Dict[str, object]) -> None:

@@ -33,7 +33,9 @@ IM_END = "<|im_end|>"
 # Bump when the build changes what lands on disk, so fingerprinted caches are rebuilt.
 BUILD_VERSION = 1
 # A folder holding all of these was written by build_tiny_model (it appears atomically, all at once).
-REQUIRED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+REQUIRED_FILES = (
+    "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"
+)
 
 # ChatML. `generation` wraps the assistant content *and* its <|im_end|>, so trl's assistant_only_loss also
 # trains the model to stop; the header `<|im_start|>assistant\n` is prompt, not trained.
@@ -93,8 +95,8 @@ def _train_tokenizer(cfg: TinyModelConfig, texts: Iterable[str]):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    # Deterministic: merges are ranked by count with ties broken by token ids (checked across processes,
-    # thread counts and text orders in tests/test_modeling.py).
+    # Deterministic: merges are ranked by count, ties broken by token ids; tests/test_modeling.py checks
+    # byte-identical builds across processes and thread counts (the cache is shared by runs and ranks).
     bpe.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,

@@ -1,0 +1,1 @@
+"""Data: canonical schema (schema), language codes (languages), layouts (presets), readers, loading + split."""

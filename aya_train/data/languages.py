@@ -82,7 +82,9 @@ def _from_tag(value: str) -> str:
 def normalize_language(value: str) -> str:
     """Canonical BCP-47 base subtag (2-letter where one exists) for a code, tag or English name."""
     if not isinstance(value, str) or not value.strip():
-        raise UnknownLanguageError(f"language {value!r} is empty or not a string; give a code such as 'sw' or a name such as 'Swahili'")
+        raise UnknownLanguageError(
+            f"language {value!r} is empty or not a string; give a code such as 'sw' or a name such as 'Swahili'"
+        )
     key = _name_key(value)
     if key in _ALIASES:
         return _ALIASES[key]
@@ -97,7 +99,8 @@ def _unknown_message(value: str) -> str:
     key = _name_key(value)
     matches = difflib.get_close_matches(key, list(index), n=3, cutoff=0.75)
     hint = ", ".join(f"{name!r} -> {index[name]}" for name in matches)
-    suggestion = f"; did you mean {hint}?" if hint else "; use an ISO 639 code (e.g. 'sw', 'swh') or an English name (e.g. 'Swahili')"
+    suggestion = (f"; did you mean {hint}?" if hint
+                  else "; use an ISO 639 code (e.g. 'sw', 'swh') or an English name (e.g. 'Swahili')")
     if key in NOT_A_LANGUAGE:
         suggestion = "; it names no single language (leave the language empty to identify it from the text)"
     return f"unknown language {value!r}{suggestion}"

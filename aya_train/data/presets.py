@@ -159,8 +159,8 @@ def mapping_preset(mapping: Mapping[str, Any]) -> Preset:
     fields = {str(k): str(v) for k, v in mapping.items()}
     unknown = sorted(set(fields) - set(MAPPING_FIELDS))
     if unknown:
-        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, MAPPING_FIELDS, 1)) else repr(k)
-                 for k in unknown]
+        close = {k: difflib.get_close_matches(k, MAPPING_FIELDS, 1) for k in unknown}
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if m else repr(k) for k, m in close.items()]
         raise UnknownPresetError(f"format mapping has unknown field(s) {', '.join(hints)}; "
                                  f"canonical fields are {', '.join(MAPPING_FIELDS)}")
     single = "prompt" in fields and "response" in fields and "messages" not in fields

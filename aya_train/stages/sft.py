@@ -54,7 +54,7 @@ def run(ctx: StageContext) -> StageResult:
 def language_table(ctx: StageContext, data, tokenizer) -> dict:
     """Rows and tokens trained per language, with the first and last eval loss."""
     lengths = data.train.map(
-        lambda batch: {"n_tokens": [len(ids) for ids in tokenizer.apply_chat_template(batch["messages"], tokenize=True)]},
+        lambda batch: {"n_tokens": [len(ids) for ids in tokenizer.apply_chat_template(batch["messages"], return_dict=True)["input_ids"]]},
         batched=True, remove_columns=data.train.column_names, desc="counting tokens",
     )["n_tokens"]
     rows, tokens = Counter(data.train["language"]), Counter()

@@ -1,0 +1,38 @@
+"""Shared fixtures: offline hub, one cached tiny model, a quick demo run reused by several tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """Shared across tests so the tiny model is built once per session."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(cache_dir) -> str:
+    """Folder of the built-in tiny model + tokenizer, built the way the pipeline builds it."""
+    from accelerate import PartialState
+
+    from aya_train.pipeline import base_model_path
+    from aya_train.recipe import compose_recipe
+
+    cfg = compose_recipe("demo", [f"run.cache_dir={cache_dir}"])
+    return base_model_path(cfg, PartialState())
+
+
+def quick_overrides(out: Path, cache_dir: Path, steps: int = 24) -> list[str]:
+    """The demo recipe shrunk to seconds: few steps, small eval."""
+    return [f"run.output_dir={out}", f"run.cache_dir={cache_dir}", f"stages.sft.max_steps={steps}",
+            "stages.sft.eval_steps=12", "stages.sft.save_steps=12", "stages.sft.logging_steps=4",
+            "data.sft.max_eval_rows_per_language=4"]
