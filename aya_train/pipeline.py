@@ -79,9 +79,17 @@ class DataCache:
         return self.loaded[name]
 
 
+def process_state() -> PartialState:
+    """accelerate's view of this process; without a GPU it must be told so, or a CPU multi-process launch
+    would look like one process to it (and every rank would train on its own)."""
+    from aya_train.modeling import on_gpu
+
+    return PartialState(cpu=not on_gpu())
+
+
 def run(cfg: DictConfig) -> Dict[str, StageResult]:
     """Run the recipe's stages in order; return each executed or reused stage's result."""
-    state = PartialState()
+    state = process_state()
     run_dir = run_dir_for(cfg)
     data = DataCache(cfg)
     if cfg.run.dry_run:
@@ -89,6 +97,7 @@ def run(cfg: DictConfig) -> Dict[str, StageResult]:
             report.print_plan(cfg, run_dir, data)
         return {}
     if state.is_main_process:
+        log.info("run %s: processes=%d, directory %s", cfg.run.name, state.num_processes, run_dir.root)
         atomic_write_text(run_dir.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     base = base_model_path(cfg, state)
     selected = set(cfg.run.only or cfg.stages.keys())

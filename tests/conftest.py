@@ -22,13 +22,11 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(cache_dir) -> str:
     """Folder of the built-in tiny model + tokenizer, built the way the pipeline builds it."""
-    from accelerate import PartialState
-
-    from aya_train.pipeline import base_model_path
+    from aya_train.pipeline import base_model_path, process_state
     from aya_train.recipe import compose_recipe
 
     cfg = compose_recipe("demo", [f"run.cache_dir={cache_dir}"])
-    return base_model_path(cfg, PartialState())
+    return base_model_path(cfg, process_state())
 
 
 def quick_overrides(out: Path, cache_dir: Path, steps: int = 24) -> list[str]:

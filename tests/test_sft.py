@@ -32,7 +32,7 @@ CONVERSATIONS = [
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("runs")
-    args = ["recipe=demo", *quick_overrides(out, cache_dir), "stages.sft.learning_rate=0.0123",
+    args = ["recipe=demo", *quick_overrides(out, cache_dir), "stages.sft.learning_rate=0.004",
             "stages.sft.lr_scheduler_type=constant"]
     assert main(args) == 0
     return out / "demo", args
@@ -61,7 +61,7 @@ def test_shell_override_reaches_trainer(demo_run):
     run_dir, _ = demo_run
     records = read_metrics(run_dir / "sft" / "metrics.jsonl")
     rates = {rec["train/learning_rate"] for rec in records if "train/learning_rate" in rec}
-    assert rates == {pytest.approx(0.0123)}
+    assert rates == {pytest.approx(0.004)}
     assert max(rec["step"] for rec in records) == 24
 
 

@@ -14,9 +14,12 @@ from typing import Dict, List, Optional
 
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 ALL = "all"
 TASK_PREFIX = "task:"
+# Bookkeeping the Trainer reports for every evaluation; kept for `all`, dropped per group as noise.
+_PER_GROUP_NOISE = ("runtime", "samples_per_second", "steps_per_second", "num_tokens")
 
 
 def eval_subsets(eval_ds: Dataset, keep_columns: List[str]) -> Dict[str, Dataset]:
@@ -50,7 +53,8 @@ class PerLanguageTrainerMixin(Trainer):
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         group = self._eval_group
         if group is not None:
-            logs = {_rename(key, group): value for key, value in logs.items()}
+            logs = {_rename(key, group): value for key, value in logs.items()
+                    if group == ALL or not key.endswith(_PER_GROUP_NOISE)}
         super().log(logs, start_time)
 
 
@@ -69,6 +73,15 @@ def canonical(key: str) -> str:
     if key in ("epoch", "step") or "/" in key:
         return key
     return "train/" + key
+
+
+class QuietProgressCallback(ProgressCallback):
+    """The Trainer's progress bar, printing training and overall eval logs but not every language's."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and any("/" in key for key in logs):
+            return
+        super().on_log(args, state, control, logs=logs, **kwargs)
 
 
 class MetricsFileCallback(TrainerCallback):

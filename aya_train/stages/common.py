@@ -25,7 +25,7 @@ class StageContext:
     run_dir: RunDir
     base_model: str  # resolved model.name_or_path (the built tiny model's folder for `tiny`)
     load_data: Callable[[str], Any]  # data set name -> aya_train.data.loading.LoadedData (cached per run)
-    state: PartialState = field(default_factory=PartialState)
+    state: PartialState
 
     @property
     def stage_dir(self) -> Path:
@@ -86,6 +86,17 @@ def trainer_args(ctx: StageContext, config_cls: type, has_eval: bool, **stage_sp
     kwargs.update(stage_specific)
     kwargs.update(OmegaConf.to_container(c.args, resolve=True))
     return config_cls(**kwargs)
+
+
+def attach_callbacks(ctx: StageContext, trainer) -> None:
+    """metrics.jsonl for every log, and a progress bar that keeps per-language lines off the terminal."""
+    from transformers.trainer_callback import ProgressCallback
+
+    from aya_train.metrics.per_language import MetricsFileCallback, QuietProgressCallback
+
+    trainer.add_callback(MetricsFileCallback(ctx.stage_dir / "metrics.jsonl"))
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgressCallback)
 
 
 def train_resumable(trainer) -> None:

@@ -10,11 +10,11 @@ from collections import Counter
 
 from trl import SFTConfig, SFTTrainer
 
-from aya_train.metrics.per_language import (
-    MetricsFileCallback, PerLanguageTrainerMixin, eval_subsets, first_and_last, read_metrics,
-)
+from aya_train.metrics.per_language import PerLanguageTrainerMixin, eval_subsets, first_and_last, read_metrics
 from aya_train.modeling import load_model, load_tokenizer, lora_config
-from aya_train.stages.common import StageContext, StageResult, save_final, train_resumable, trainer_args
+from aya_train.stages.common import (
+    StageContext, StageResult, attach_callbacks, save_final, train_resumable, trainer_args,
+)
 
 
 class AyaSFTTrainer(SFTTrainer, PerLanguageTrainerMixin):
@@ -41,8 +41,8 @@ def run(ctx: StageContext) -> StageResult:
         eval_dataset=eval_sets or None,
         processing_class=tokenizer,
         peft_config=lora_config(c.lora, "CAUSAL_LM"),
-        callbacks=[MetricsFileCallback(ctx.stage_dir / "metrics.jsonl")],
     )
+    attach_callbacks(ctx, trainer)
     train_resumable(trainer)
     if eval_sets and not (c.eval_steps and trainer.state.global_step % c.eval_steps == 0):
         trainer.evaluate()
