@@ -91,3 +91,28 @@ def test_user_recipe_directory(tmp_path, monkeypatch):
 def test_config_error_is_raised_not_exit():
     with pytest.raises(ConfigError, match="run.name"):
         compose_recipe("demo", ["run.name=has/slash"])
+
+
+def test_recipes_and_conf_work_from_an_installed_wheel_layout(tmp_path):
+    """The wheel ships conf/ and recipes/ inside the package (pyproject force-include); composing must
+    find them there, with no checkout around."""
+    import shutil
+    import subprocess
+    import sys
+    import tomllib
+
+    from .conftest import REPO
+
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"][
+        "force-include"]
+    assert include["conf"] == "aya_train/_conf" and include["recipes"] == "aya_train/_recipes"
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "aya_train", site / "aya_train", ignore=shutil.ignore_patterns("__pycache__"))
+    for src, dest in include.items():
+        shutil.copytree(REPO / src, site / dest)
+    code = ("import aya_train.recipe as r; cfg = r.compose_recipe('demo'); "
+            "print(r.conf_dir(), cfg.stages.sft.kind, cfg.model.name_or_path)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(site / "aya_train" / "_conf"), "sft", "tiny"]
