@@ -8,6 +8,10 @@ from typing import Callable
 # kind -> (module with `run(ctx) -> StageResult`, trl config class name used for `args` checks)
 _REGISTRY = {
     "sft": ("aya_train.stages.sft", "SFTConfig"),
+    "reward": ("aya_train.stages.reward", "RewardConfig"),
+    "dpo": ("aya_train.stages.dpo", "DPOConfig"),
+    # `args` are checked against RLOOConfig; stages.NAME.algorithm=grpo trains with GRPOConfig.
+    "rl": ("aya_train.stages.rl", "RLOOConfig"),
 }
 
 
