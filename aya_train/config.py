@@ -220,6 +220,29 @@ class MergeStageConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """How responses are sampled for measurement (held-out language fidelity, evaluation). Recorded next to
+    every figure it produced, so two policies are only compared under the same settings."""
+
+    # Longest response, in new tokens.
+    max_new_tokens: int = 48
+    # Sample (true) or decode greedily (false).
+    do_sample: bool = True
+    # Softmax temperature when sampling.
+    temperature: float = 1.0
+    # Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1.0 = off).
+    top_p: float = 1.0
+    # Keep only the k most likely tokens (0 = off).
+    top_k: int = 0
+    # Seed of the sampling draws: the same prompts, settings and seed give every policy the same random numbers.
+    seed: int = 1234
+    # Prompts per generate call (left-padded together).
+    batch_size: int = 32
+    # Generation engine: auto (vLLM when installed and a GPU is present, else transformers), transformers, vllm.
+    backend: str = "auto"
+
+
+@dataclass
 class AyaConfig:
     # How and where this run executes.
     run: RunConfig = field(default_factory=RunConfig)
