@@ -215,6 +215,78 @@ class SFTStageConfig(StageConfig):
     packing: bool = True
 
 
+MERGE_METHODS = ("linear", "slerp", "ties", "dare_linear", "dare_ties")
+
+
+@dataclass
+class MergeStageConfig:
+    """Merge earlier stages' models into one (no trainer): linear, SLERP, TIES, DARE with peft's merge maths."""
+
+    kind: str = "merge"
+    # Earlier stages whose final models are merged (full weights, or LoRA adapters: each adapter is merged into
+    # its own base first). All must share one architecture; the first one's config and tokenizer are kept.
+    models: List[str] = field(default_factory=list, metadata=STAGE_REF)
+    # linear: weighted average of the weights. slerp: spherical interpolation of two models at
+    # t = weights[1] / sum(weights). ties / dare_linear / dare_ties: peft's merges of the task vectors
+    # (model - base): trimmed by magnitude (ties) or dropped at random and rescaled (dare), signs elected (ties).
+    method: str = "linear"
+    # Relative weight of each model, one per entry of `models`; only ratios matter; null = equal weights.
+    weights: Optional[List[float]] = None
+    # ties / dare_*: share of each task vector's entries kept (0 < density <= 1; 1 keeps all of them).
+    density: float = 0.5
+    # ties / dare_*: the model task vectors are taken against: an earlier stage (usually the shared init,
+    # e.g. sft), or null for model.name_or_path. Unused by linear and slerp.
+    base: Optional[str] = field(default=None, metadata=STAGE_REF)
+    # ties / dare_ties: elect each entry's sign by summed values (`total`) or by a vote of signs (`frequency`).
+    majority_sign_method: str = "total"
+
+    @staticmethod
+    def check(name: str, node: Any) -> Optional[str]:
+        """The first problem with a merge stage's fields, as `key: what to fix`, or None."""
+        models = list(node.models)
+        if len(models) < 2:
+            return f"models: merging needs at least two stages, got {models}."
+        if len(set(models)) != len(models):
+            return f"models: {models} names a stage twice; give each once and use `weights` to favour one."
+        if node.method not in MERGE_METHODS:
+            return f"method: `{node.method}` is not one of {', '.join(MERGE_METHODS)}."
+        if node.method == "slerp" and len(models) != 2:
+            return f"models: slerp interpolates exactly two models, got {len(models)}; use linear or ties for more."
+        if node.weights is not None:
+            weights = list(node.weights)
+            if len(weights) != len(models) or any(w < 0 for w in weights) or sum(weights) <= 0:
+                return (f"weights: {weights} must be one non-negative number per model ({len(models)}) "
+                        "with a positive sum, or null for equal weights.")
+        if not 0 < node.density <= 1:
+            return f"density: {node.density} must be in (0, 1] (the share of task-vector entries kept)."
+        if node.majority_sign_method not in ("total", "frequency"):
+            return f"majority_sign_method: `{node.majority_sign_method}` must be `total` or `frequency`."
+        return None
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled for measurement (held-out language fidelity, evaluation). Recorded next to
+    every figure it produced, so two policies are only compared under the same settings."""
+
+    # Longest response, in new tokens.
+    max_new_tokens: int = 48
+    # Sample (true) or decode greedily (false).
+    do_sample: bool = True
+    # Softmax temperature when sampling.
+    temperature: float = 1.0
+    # Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1.0 = off).
+    top_p: float = 1.0
+    # Keep only the k most likely tokens (0 = off).
+    top_k: int = 0
+    # Seed of the sampling draws: the same prompts, settings and seed give every policy the same random numbers.
+    seed: int = 1234
+    # Prompts per generate call (left-padded together).
+    batch_size: int = 32
+    # Generation engine: auto (vLLM when installed and a GPU is present, else transformers), transformers, vllm.
+    backend: str = "auto"
+
+
 @dataclass
 class AyaConfig:
     # How and where this run executes.
@@ -228,7 +300,7 @@ class AyaConfig:
 
 
 # Stage kind -> its schema; the registry in aya_train.stages maps the same kinds to their runners.
-STAGE_SCHEMAS: Dict[str, type] = {"sft": SFTStageConfig}
+STAGE_SCHEMAS: Dict[str, type] = {"sft": SFTStageConfig, "merge": MergeStageConfig}
 
 
 def register_configs() -> None:

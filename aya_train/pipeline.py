@@ -32,7 +32,7 @@ def stage_fingerprint(cfg: DictConfig, name: str, upstream: Dict[str, str]) -> s
     payload = {
         "stage": OmegaConf.to_container(node, resolve=True),
         "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "data": OmegaConf.to_container(cfg.data[node.data], resolve=True) if node.data else None,
+        "data": OmegaConf.to_container(cfg.data[node.data], resolve=True) if node.get("data") else None,
         "seed": cfg.run.seed,
         "upstream": upstream,
     }
@@ -41,10 +41,9 @@ def stage_fingerprint(cfg: DictConfig, name: str, upstream: Dict[str, str]) -> s
 
 def _upstream(cfg: DictConfig, name: str) -> List[str]:
     """Earlier stages this one reads (init, reference, reward model, ...)."""
-    from aya_train.recipe import _reference_keys
+    from aya_train.recipe import stage_refs
 
-    node = cfg.stages[name]
-    return [node[key] for key in _reference_keys(node) if node[key]]
+    return list(dict.fromkeys(ref for _, ref in stage_refs(cfg.stages[name])))
 
 
 def base_model_path(cfg: DictConfig, state: PartialState) -> str:
@@ -146,7 +145,7 @@ def _run_stage(cfg, name, node, fp, run_dir: RunDir, base: str, data: DataCache,
         run_dir.clear_done(name)
         atomic_write_json(attempt, {"fingerprint": fp, "started": time.time()})
         run_dir.update_stage(name, kind=node.kind, status="running", fingerprint=fp, inputs=_upstream(cfg, name),
-                             data=node.data, started=time.time())
+                             data=node.get("data"), started=time.time())
     state.wait_for_everyone()
     log.info("stage %s (%s): starting in %s", name, node.kind, stage_dir)
     ctx = StageContext(name=name, cfg=node, root=cfg, run_dir=run_dir, base_model=base, load_data=data, state=state)

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -109,10 +109,7 @@ def validate(cfg: DictConfig) -> None:
     for i, (name, node) in enumerate(cfg.stages.items()):
         kind = _stage_kind(name, node)
         earlier = names[:i]
-        for ref_key in _reference_keys(node):
-            ref = node[ref_key]
-            if ref is None:
-                continue
+        for ref_key, ref in stage_refs(node):
             if ref not in earlier:
                 where = "a later stage" if ref in names else "no stage"
                 raise ConfigError(f"stages.{name}.{ref_key}: `{ref}` is {where}; it must name an earlier stage "
@@ -122,6 +119,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"stages.{name}.data: no data set `{data_name}` under `data`."
                               f"{suggest(data_name, list(cfg.data.keys()))} Defined: {', '.join(cfg.data) or 'none'}.")
         _check_passthrough(name, node, trainer_config_class(kind))
+        problem = getattr(STAGE_SCHEMAS[kind], "check", lambda *_: None)(name, node)
+        if problem:
+            raise ConfigError(f"stages.{name}.{problem}")
     for key in cfg.run.only or []:
         if key not in names:
             raise ConfigError(f"run.only: no stage `{key}`.{suggest(key, names)} Stages: {', '.join(names)}.")
@@ -149,8 +149,24 @@ def _reference_keys(node) -> List[str]:
     return [f.name for f in dataclasses.fields(schema) if f.metadata.get("stage_ref")]
 
 
-def _check_passthrough(name: str, node, trainer_cls: type) -> None:
+def stage_refs(node) -> List[Tuple[str, str]]:
+    """(key, stage name) for every reference a stage makes; list-valued fields (merge `models`) give one each."""
+    refs = []
+    for key in _reference_keys(node):
+        value = node[key]
+        for ref in (value if OmegaConf.is_list(value) else [value]):
+            if ref is not None:
+                refs.append((key, ref))
+    return refs
+
+
+def _check_passthrough(name: str, node, trainer_cls: Optional[type]) -> None:
     """`args` may set any field of the trl config class, but not one the stage schema already types."""
+    if trainer_cls is None:  # a stage without a trl trainer (merge, evaluate)
+        if node.get("args") is not None:
+            raise ConfigError(f"stages.{name}.args: a {node.kind} stage runs no trl trainer and takes no `args`; "
+                              f"set its own fields (stages.{name}.<field>) instead.")
+        return
     valid = {f.name for f in dataclasses.fields(trainer_cls)}
     typed = {f.name for f in dataclasses.fields(OmegaConf.get_type(node))}
     for key in node.args:

@@ -28,9 +28,9 @@ def print_plan(cfg: DictConfig, run_dir, data) -> None:
     for name, node in cfg.stages.items():
         done = run_dir.done_info(name)
         graph.add_row(name, node.kind, ", ".join(_upstream(cfg, name)) or cfg.model.name_or_path,
-                      node.data or "-", "done" if done else "to run")
+                      node.get("data") or "-", "done" if done else "to run")
     console.print(graph)
-    for ds_name in dict.fromkeys(node.data for node in cfg.stages.values() if node.data):
+    for ds_name in dict.fromkeys(node.get("data") for node in cfg.stages.values() if node.get("data")):
         loaded = data(ds_name)
         for column in ("language", "task"):
             train, held = Counter(loaded.train[column]), Counter(loaded.eval[column])
