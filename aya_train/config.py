@@ -241,7 +241,7 @@ class MergeStageConfig:
     majority_sign_method: str = "total"
 
     @staticmethod
-    def check(name: str, node: Any) -> Optional[str]:
+    def check(name: str, node: Any, cfg: Any) -> Optional[str]:
         """The first problem with a merge stage's fields, as `key: what to fix`, or None."""
         models = list(node.models)
         if len(models) < 2:
@@ -288,6 +288,79 @@ class SamplingConfig:
 
 
 @dataclass
+class JudgeEndpointConfig:
+    """An LLM judge behind an OpenAI-compatible endpoint (e.g. `vllm serve`); off unless base_url is set."""
+
+    # Base URL of the API, e.g. http://localhost:8000/v1; null = no endpoint judge.
+    base_url: Optional[str] = None
+    # Model name the endpoint serves.
+    model: Optional[str] = None
+    # Environment variable holding the API key (the key itself never goes into a config, log or card); null = none.
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    # Ask twice with the two responses in both orders and average the verdicts, cancelling position bias.
+    swap_positions: bool = True
+    # Seconds to wait for each verdict.
+    timeout_s: float = 60.0
+
+
+@dataclass
+class EvaluateStageConfig:
+    """Generate on held-out prompts per language with several models; win-rates against a baseline with
+    bootstrap confidence intervals, judged by a reward-model stage (or an endpoint); language fidelity."""
+
+    kind: str = "evaluate"
+    # Earlier stages whose models are evaluated (full weights or LoRA adapters). Naming the baseline here too
+    # adds a sanity row: a model against itself with the same sampling seed ties everywhere (0.5).
+    models: List[str] = field(default_factory=list, metadata=STAGE_REF)
+    # The stage every model is compared against (e.g. sft).
+    baseline: Optional[str] = field(default=None, metadata=STAGE_REF)
+    # A reward stage whose model judges each pair (higher score wins, equal scores tie); null when
+    # judge_endpoint is used instead.
+    judge: Optional[str] = field(default=None, metadata=STAGE_REF)
+    # An LLM judge behind an OpenAI-compatible endpoint, used instead of `judge` when its base_url is set.
+    judge_endpoint: JudgeEndpointConfig = field(default_factory=JudgeEndpointConfig)
+    # Data set (under `data.`) whose held-out split gives the prompts: every turn before each held-out
+    # conversation's last reply, or the `prompt` of held-out preference pairs. Never trained on.
+    data: Optional[str] = None
+    # Use at most this many held-out prompts per language (the first ones of the split); null = all.
+    max_prompts_per_language: Optional[int] = None
+    # How every model's responses are sampled: the same settings and seed for all, recorded with the results.
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Bootstrap resamples of the prompts (within each language) for the confidence intervals.
+    bootstrap_samples: int = 1000
+    # Confidence level of the intervals.
+    confidence: float = 0.95
+    # Pairs the reward model scores per forward pass.
+    judge_batch_size: int = 16
+    # Longest prompt + response the reward model reads, in tokens (longer ones are truncated).
+    judge_max_length: int = 1024
+
+    @staticmethod
+    def check(name: str, node: Any, cfg: Any) -> Optional[str]:
+        """The first problem with an evaluate stage's fields, as `key: what to fix`, or None."""
+        if not node.models:
+            return "models: name at least one earlier stage to evaluate."
+        if node.baseline is None:
+            return "baseline: name the earlier stage every model is compared against (e.g. sft)."
+        if node.data is None:
+            return "data: name the data set whose held-out split gives the prompts."
+        endpoint = node.judge_endpoint.base_url is not None
+        if (node.judge is None) == (not endpoint):
+            return ("judge: name a reward stage as the judge, or set judge_endpoint.base_url (and .model) to use "
+                    "an LLM endpoint; exactly one of them.")
+        if endpoint and not node.judge_endpoint.model:
+            return "judge_endpoint.model: name the model the endpoint serves."
+        if node.judge is not None and cfg.stages[node.judge].kind != "reward":
+            return (f"judge: `{node.judge}` is a {cfg.stages[node.judge].kind} stage; the judge must be a reward "
+                    "stage (a sequence classifier trained on preference pairs).")
+        if node.bootstrap_samples < 100:
+            return f"bootstrap_samples: {node.bootstrap_samples} is too few for a 95% interval; use 1000 or more."
+        if not 0 < node.confidence < 1:
+            return f"confidence: {node.confidence} must be between 0 and 1 (e.g. 0.95)."
+        return None
+
+
+@dataclass
 class AyaConfig:
     # How and where this run executes.
     run: RunConfig = field(default_factory=RunConfig)
@@ -300,7 +373,8 @@ class AyaConfig:
 
 
 # Stage kind -> its schema; the registry in aya_train.stages maps the same kinds to their runners.
-STAGE_SCHEMAS: Dict[str, type] = {"sft": SFTStageConfig, "merge": MergeStageConfig}
+STAGE_SCHEMAS: Dict[str, type] = {"sft": SFTStageConfig, "merge": MergeStageConfig,
+                                  "evaluate": EvaluateStageConfig}
 
 
 def register_configs() -> None:

@@ -119,7 +119,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"stages.{name}.data: no data set `{data_name}` under `data`."
                               f"{suggest(data_name, list(cfg.data.keys()))} Defined: {', '.join(cfg.data) or 'none'}.")
         _check_passthrough(name, node, trainer_config_class(kind))
-        problem = getattr(STAGE_SCHEMAS[kind], "check", lambda *_: None)(name, node)
+        problem = getattr(STAGE_SCHEMAS[kind], "check", lambda *_: None)(name, node, cfg)
         if problem:
             raise ConfigError(f"stages.{name}.{problem}")
     for key in cfg.run.only or []:

@@ -10,6 +10,7 @@ _REGISTRY = {
     "sft": ("aya_train.stages.sft", "SFTConfig"),
     # Stages without a trl trainer: no `args` passthrough.
     "merge": ("aya_train.stages.merge", None),
+    "evaluate": ("aya_train.stages.evaluate", None),
 }
 
 
