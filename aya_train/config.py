@@ -96,8 +96,9 @@ class SourceConfig:
     # Local file (jsonl/json/parquet), folder of such files, saved `datasets` dir, hub id, or
     # `pkg://<module>/<subdir>` for data shipped inside an installed package.
     path: str = MISSING
-    # Layout preset (auto, aya_dataset, sharegpt, messages, chatterbot) or a mapping
-    # {canonical_field: field_in_file} for anything else.
+    # Layout preset or a mapping {canonical_field: field_in_file} for anything else. Conversation presets:
+    # auto, aya_dataset, aya_collection, alpaca, sharegpt, messages, chatterbot; preference presets: auto,
+    # preference (prompt/chosen/rejected as strings or message lists, UltraFeedback-style).
     format: Any = "auto"
     # Language of every row, when the file does not say; any ISO 639-1/639-3 code or English name.
     language: Optional[str] = None
@@ -107,6 +108,36 @@ class SourceConfig:
     name: Optional[str] = None
     # Split to read from a hub id or saved DatasetDict.
     split: str = "train"
+    # Hub ids only: stream the rows instead of downloading and caching the whole data set first.
+    streaming: bool = False
+
+
+@dataclass
+class MixtureLevelConfig:
+    # Temperature: a group's share of its parent is proportional to weight * size**alpha (1 = natural
+    # proportions, 0.5 = flattened, 0 = uniform).
+    alpha: float = 1.0
+    # Multiplicative weight per group name at this level (e.g. {sw: 2.0}); unnamed groups weigh 1.
+    weights: Dict[str, float] = field(default_factory=dict)
+    # Fixed share of the parent for named groups (e.g. {en: 0.2}); the rest is split by the rule above.
+    shares: Dict[str, float] = field(default_factory=dict)
+    # Repetition cap: a group takes at most max_epochs times its size; what it cannot take goes to its
+    # siblings in proportion to their shares (UniMax). null = no cap.
+    max_epochs: Optional[float] = None
+
+
+@dataclass
+class MixtureConfig:
+    # Sampling levels, outermost first: a group's share is the product of its shares at each level.
+    levels: List[str] = field(default_factory=lambda: ["source", "language", "task"])
+    # Size of the training set in `unit`s; null = the natural size (every available row once).
+    budget: Optional[int] = None
+    # What budget and shares count: examples (rows) or tokens (chat template + the model's tokenizer).
+    unit: str = "examples"
+    # Per-level settings.
+    source: MixtureLevelConfig = field(default_factory=MixtureLevelConfig)
+    language: MixtureLevelConfig = field(default_factory=MixtureLevelConfig)
+    task: MixtureLevelConfig = field(default_factory=MixtureLevelConfig)
 
 
 @dataclass
@@ -117,6 +148,20 @@ class DataSetConfig:
     eval_fraction: float = 0.1
     # Cap on held-out rows per language, so evaluation stays cheap for large languages.
     max_eval_rows_per_language: Optional[int] = 64
+    # Record kind: conversation (SFT) or preference (reward, DPO); null = implied by the sources' formats
+    # (a preference preset or a mapping with chosen/rejected means preference), else conversation.
+    kind: Optional[str] = None
+    # A bad row: raise (stop at the first, naming file, line and reason; exit 2) or skip (write it to
+    # <run>/data/<set>/quarantine.jsonl and count it per reason in the data report).
+    on_error: str = "raise"
+    # Rows longer than the stage's max_length after chat template + tokenizer: truncate (kept, cut by the
+    # trainer, counted per language) or drop (a bad row: raised or quarantined per on_error).
+    over_length: str = "truncate"
+    # Preference rows whose prompt, chosen and rejected are identified as different languages: warn (kept,
+    # counted), drop (a bad row: raised or quarantined per on_error) or ignore (not checked).
+    language_mismatch: str = "warn"
+    # How training rows are sampled by source, language and task (eval rows are never resampled).
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
 
 
 @dataclass

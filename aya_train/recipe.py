@@ -97,6 +97,7 @@ def _stage_kind(name: str, node) -> str:
 
 def validate(cfg: DictConfig) -> None:
     """Cross-field checks that the schema cannot express; raise ConfigError naming the key."""
+    from aya_train.data.prepare import check_data_set
     from aya_train.data.readers import check_source
     from aya_train.stages import trainer_config_class
 
@@ -134,6 +135,10 @@ def validate(cfg: DictConfig) -> None:
     for ds_name, ds in cfg.data.items():
         if not ds.sources:
             raise ConfigError(f"data.{ds_name}.sources is empty: give at least one `{{path: ..., format: ...}}`.")
+        try:
+            check_data_set(ds_name, ds)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         for j, src in enumerate(ds.sources):
             try:
                 check_source(src)
