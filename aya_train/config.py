@@ -148,6 +148,10 @@ class DataSetConfig:
     eval_fraction: float = 0.1
     # Cap on held-out rows per language, so evaluation stays cheap for large languages.
     max_eval_rows_per_language: Optional[int] = 64
+    # Keep only rows in these languages (codes or names, e.g. [fr, de, es] for a language-family branch);
+    # other rows are left out and counted under `excluded`. null = every language. A language's held-out rows
+    # are the same with or without the filter, so branches of one corpus never train on each other's eval rows.
+    languages: Optional[List[str]] = None
     # Record kind: conversation (SFT) or preference (reward, DPO); null = implied by the sources' formats
     # (a preference preset or a mapping with chosen/rejected means preference), else conversation.
     kind: Optional[str] = None
