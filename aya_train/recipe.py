@@ -97,6 +97,7 @@ def _stage_kind(name: str, node) -> str:
 
 def validate(cfg: DictConfig) -> None:
     """Cross-field checks that the schema cannot express; raise ConfigError naming the key."""
+    from aya_train.batching import check_stage as check_batching
     from aya_train.data.readers import check_source
     from aya_train.stages import trainer_config_class
 
@@ -121,6 +122,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"stages.{name}.data: no data set `{data_name}` under `data`."
                               f"{suggest(data_name, list(cfg.data.keys()))} Defined: {', '.join(cfg.data) or 'none'}.")
         _check_passthrough(name, node, trainer_config_class(kind))
+        if kind == "sft":
+            check_batching(name, node, _attn_or_requested(cfg.model.attn_implementation))
     for key in cfg.run.only or []:
         if key not in names:
             raise ConfigError(f"run.only: no stage `{key}`.{suggest(key, names)} Stages: {', '.join(names)}.")
@@ -136,6 +139,16 @@ def validate(cfg: DictConfig) -> None:
     if name_or_path != "tiny" and not Path(name_or_path).expanduser().exists() and name_or_path.count("/") != 1:
         raise ConfigError(f"model.name_or_path: `{name_or_path}` is neither a local folder, a hub id (owner/name), "
                           "nor `tiny`.")
+
+
+def _attn_or_requested(name: str) -> str:
+    """The attention kernel `model.attn_implementation` resolves to here (as given when it cannot resolve)."""
+    from aya_train.modeling import resolve_attn_implementation
+
+    try:
+        return resolve_attn_implementation(name)
+    except ValueError:
+        return name  # the model loader reports it with its fix
 
 
 def _reference_keys(node) -> List[str]:
