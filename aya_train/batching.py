@@ -14,8 +14,9 @@ Evaluation never packs, so eval losses do not depend on the batching chosen.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -70,18 +71,18 @@ class PackedRowsCollator(DataCollatorForLanguageModeling):
         return batch
 
 
-def check_stage(name: str, node: Any, attn_implementation: str) -> None:
-    """Recipe validation for an SFT stage's batching (exit 2 before anything loads)."""
-    from aya_train.errors import ConfigError, suggest
 
+def check_stage(node: Any, attn_implementation: str) -> Optional[str]:
+    """The first problem with an SFT stage's batching, as `key: what to fix`, or None (recipe validation)."""
     for key in CONTROLLED_SFT_ARGS:
         if key in node.args:
-            raise ConfigError(f"stages.{name}.args.{key}: set by `stages.{name}.batching` "
-                              f"({'|'.join(BATCHING_MODES)}); remove it from args.")
+            return f"args.{key}: set by `batching` ({'|'.join(BATCHING_MODES)}); remove it from args."
     if node.batching not in BATCHING_MODES:
-        raise ConfigError(f"stages.{name}.batching: `{node.batching}` is not one of "
-                          f"{', '.join(BATCHING_MODES)}.{suggest(node.batching, BATCHING_MODES)}")
+        match = difflib.get_close_matches(str(node.batching), BATCHING_MODES, n=1)
+        hint = f" Did you mean `{match[0]}`?" if match else ""
+        return f"batching: `{node.batching}` is not one of {', '.join(BATCHING_MODES)}.{hint}"
     try:
         resolve_batching(node.batching, attn_implementation)
     except ValueError as exc:
-        raise ConfigError(f"stages.{name}.{exc}") from None
+        return str(exc)
+    return None

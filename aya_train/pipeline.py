@@ -32,7 +32,7 @@ def stage_fingerprint(cfg: DictConfig, name: str, upstream: Dict[str, str]) -> s
     payload = {
         "stage": OmegaConf.to_container(node, resolve=True),
         "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "data": OmegaConf.to_container(cfg.data[node.data], resolve=True) if node.data else None,
+        "data": OmegaConf.to_container(cfg.data[node.data], resolve=True) if node.get("data") else None,
         "seed": cfg.run.seed,
         "upstream": upstream,
     }
@@ -41,10 +41,9 @@ def stage_fingerprint(cfg: DictConfig, name: str, upstream: Dict[str, str]) -> s
 
 def _upstream(cfg: DictConfig, name: str) -> List[str]:
     """Earlier stages this one reads (init, reference, reward model, ...)."""
-    from aya_train.recipe import _reference_keys
+    from aya_train.recipe import stage_refs
 
-    node = cfg.stages[name]
-    return [node[key] for key in _reference_keys(node) if node[key]]
+    return list(dict.fromkeys(ref for _, ref in stage_refs(cfg.stages[name])))
 
 
 def base_model_path(cfg: DictConfig, state: PartialState) -> str:
@@ -66,16 +65,29 @@ def base_model_path(cfg: DictConfig, state: PartialState) -> str:
 
 
 class DataCache:
-    """Load each named data set once per process."""
+    """Load each named data set once per process: read, validate, mix and report it (aya_train.data.prepare)."""
 
     def __init__(self, cfg: DictConfig):
-        self.cfg, self.loaded = cfg, {}
+        self.cfg, self.loaded, self._tokenizer = cfg, {}, None
+
+    def tokenizer(self):
+        """The base model's tokenizer (token lengths, fertility, over-length rows), or None if it cannot load."""
+        if self._tokenizer is None:
+            from aya_train.modeling import load_tokenizer
+
+            try:
+                self._tokenizer = load_tokenizer(self.cfg.model, base_model_path(self.cfg, process_state()))
+            except (OSError, ValueError) as exc:  # e.g. a hub model while offline: rows are still counted
+                log.warning("data: no tokenizer (%s); token counts are left out of the data report", exc)
+                self._tokenizer = False
+        return self._tokenizer or None
 
     def __call__(self, name: str):
-        from aya_train.data.loading import load_conversations
+        from aya_train.data.prepare import prepare_data_set
 
         if name not in self.loaded:
-            self.loaded[name] = load_conversations(self.cfg.data[name], seed=self.cfg.run.seed)
+            self.loaded[name] = prepare_data_set(self.cfg, name, run_dir_for(self.cfg).root,
+                                                 process_state().is_main_process, self.tokenizer)
         return self.loaded[name]
 
 
@@ -133,7 +145,7 @@ def _run_stage(cfg, name, node, fp, run_dir: RunDir, base: str, data: DataCache,
         run_dir.clear_done(name)
         atomic_write_json(attempt, {"fingerprint": fp, "started": time.time()})
         run_dir.update_stage(name, kind=node.kind, status="running", fingerprint=fp, inputs=_upstream(cfg, name),
-                             data=node.data, started=time.time())
+                             data=node.get("data"), started=time.time())
     state.wait_for_everyone()
     log.info("stage %s (%s): starting in %s", name, node.kind, stage_dir)
     ctx = StageContext(name=name, cfg=node, root=cfg, run_dir=run_dir, base_model=base, load_data=data, state=state)

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -97,7 +97,7 @@ def _stage_kind(name: str, node) -> str:
 
 def validate(cfg: DictConfig) -> None:
     """Cross-field checks that the schema cannot express; raise ConfigError naming the key."""
-    from aya_train.batching import check_stage as check_batching
+    from aya_train.data.prepare import check_data_set
     from aya_train.data.readers import check_source
     from aya_train.stages import trainer_config_class
 
@@ -109,10 +109,7 @@ def validate(cfg: DictConfig) -> None:
     for i, (name, node) in enumerate(cfg.stages.items()):
         kind = _stage_kind(name, node)
         earlier = names[:i]
-        for ref_key in _reference_keys(node):
-            ref = node[ref_key]
-            if ref is None:
-                continue
+        for ref_key, ref in stage_refs(node):
             if ref not in earlier:
                 where = "a later stage" if ref in names else "no stage"
                 raise ConfigError(f"stages.{name}.{ref_key}: `{ref}` is {where}; it must name an earlier stage "
@@ -122,14 +119,19 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"stages.{name}.data: no data set `{data_name}` under `data`."
                               f"{suggest(data_name, list(cfg.data.keys()))} Defined: {', '.join(cfg.data) or 'none'}.")
         _check_passthrough(name, node, trainer_config_class(kind))
-        if kind == "sft":
-            check_batching(name, node, _attn_or_requested(cfg.model.attn_implementation))
+        problem = getattr(STAGE_SCHEMAS[kind], "check", lambda *_: None)(name, node, cfg)
+        if problem:
+            raise ConfigError(f"stages.{name}.{problem}")
     for key in cfg.run.only or []:
         if key not in names:
             raise ConfigError(f"run.only: no stage `{key}`.{suggest(key, names)} Stages: {', '.join(names)}.")
     for ds_name, ds in cfg.data.items():
         if not ds.sources:
             raise ConfigError(f"data.{ds_name}.sources is empty: give at least one `{{path: ..., format: ...}}`.")
+        try:
+            check_data_set(ds_name, ds)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         for j, src in enumerate(ds.sources):
             try:
                 check_source(src)
@@ -141,24 +143,30 @@ def validate(cfg: DictConfig) -> None:
                           "nor `tiny`.")
 
 
-def _attn_or_requested(name: str) -> str:
-    """The attention kernel `model.attn_implementation` resolves to here (as given when it cannot resolve)."""
-    from aya_train.modeling import resolve_attn_implementation
-
-    try:
-        return resolve_attn_implementation(name)
-    except ValueError:
-        return name  # the model loader reports it with its fix
-
-
 def _reference_keys(node) -> List[str]:
     """Fields whose value names an earlier stage (init, ref_model, reward_model, ...)."""
     schema = OmegaConf.get_type(node)
     return [f.name for f in dataclasses.fields(schema) if f.metadata.get("stage_ref")]
 
 
-def _check_passthrough(name: str, node, trainer_cls: type) -> None:
+def stage_refs(node) -> List[Tuple[str, str]]:
+    """(key, stage name) for every reference a stage makes; list-valued fields (merge `models`) give one each."""
+    refs = []
+    for key in _reference_keys(node):
+        value = node[key]
+        for ref in (value if OmegaConf.is_list(value) else [value]):
+            if ref is not None:
+                refs.append((key, ref))
+    return refs
+
+
+def _check_passthrough(name: str, node, trainer_cls: Optional[type]) -> None:
     """`args` may set any field of the trl config class, but not one the stage schema already types."""
+    if trainer_cls is None:  # a stage without a trl trainer (merge, evaluate)
+        if node.get("args") is not None:
+            raise ConfigError(f"stages.{name}.args: a {node.kind} stage runs no trl trainer and takes no `args`; "
+                              f"set its own fields (stages.{name}.<field>) instead.")
+        return
     valid = {f.name for f in dataclasses.fields(trainer_cls)}
     typed = {f.name for f in dataclasses.fields(OmegaConf.get_type(node))}
     for key in node.args:

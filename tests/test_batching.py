@@ -90,8 +90,8 @@ def test_auto_follows_the_attention_kernel():
 
 @pytest.mark.parametrize("override, message", [
     ("stages.sft.batching=packed", "stages.sft.batching: `packed` is not one of"),
-    ("+stages.sft.args.packing=true", "stages.sft.args.packing: set by `stages.sft.batching`"),
-    ("+stages.sft.args.padding_free=true", "stages.sft.args.padding_free: set by `stages.sft.batching`"),
+    ("+stages.sft.args.packing=true", "stages.sft.args.packing: set by `batching`"),
+    ("+stages.sft.args.padding_free=true", "stages.sft.args.padding_free: set by `batching`"),
 ])
 def test_bad_batching_config_exits_2(override, message, capsys):
     assert main(["recipe=demo", override]) == 2

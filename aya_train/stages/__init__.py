@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from typing import Callable, Optional
 
 # kind -> (module with `run(ctx) -> StageResult`, trl config class name used for `args` checks)
 _REGISTRY = {
     "sft": ("aya_train.stages.sft", "SFTConfig"),
+    # Stages without a trl trainer: no `args` passthrough.
+    "merge": ("aya_train.stages.merge", None),
+    "evaluate": ("aya_train.stages.evaluate", None),
 }
 
 
-def trainer_config_class(kind: str) -> type:
-    """The trl config dataclass whose fields a stage's `args` may set."""
+def trainer_config_class(kind: str) -> Optional[type]:
+    """The trl config dataclass whose fields a stage's `args` may set; None for a stage without a trainer."""
     import trl
 
-    return getattr(trl, _REGISTRY[kind][1])
+    name = _REGISTRY[kind][1]
+    return getattr(trl, name) if name else None
 
 
 def runner(kind: str) -> Callable:

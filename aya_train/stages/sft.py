@@ -120,8 +120,11 @@ def token_counts(data, tokenizer) -> list:
 def language_table(ctx: StageContext, data, tokenizer, trainer: AyaSFTTrainer) -> dict:
     """Rows and tokens trained per language, with the first and last eval loss."""
     cache, key = trainer.prepared_cache, trainer.prepared_keys.get("train")
-    # Counted once per prepared data set and kept next to it: a rerun does not tokenise for this table either.
-    lengths = cache.read_json(key, TOKEN_COUNTS) if key else None
+    # Counted when the data was loaded, or once per prepared data set and kept next to it: a rerun does not
+    # tokenise for this table either.
+    lengths = data.train_tokens
+    if lengths is None and key:
+        lengths = cache.read_json(key, TOKEN_COUNTS)
     if lengths is None:
         lengths = token_counts(data, tokenizer)
         if key:
@@ -129,7 +132,7 @@ def language_table(ctx: StageContext, data, tokenizer, trainer: AyaSFTTrainer) -
     languages = list(data.train["language"])
     rows, tokens = Counter(languages), Counter()
     for language, n in zip(languages, lengths):
-        tokens[language] += n
+        tokens[language] += int(n)
     losses = first_and_last(read_metrics(ctx.stage_dir / "metrics.jsonl"), "loss")
     return {
         lang: {"rows": rows[lang], "tokens": tokens[lang],
