@@ -148,6 +148,10 @@ class DataSetConfig:
     eval_fraction: float = 0.1
     # Cap on held-out rows per language, so evaluation stays cheap for large languages.
     max_eval_rows_per_language: Optional[int] = 64
+    # Keep only rows in these languages (codes or names, e.g. [fr, de, es] for a language-family branch);
+    # other rows are left out and counted under `excluded`. null = every language. A language's held-out rows
+    # are the same with or without the filter, so branches of one corpus never train on each other's eval rows.
+    languages: Optional[List[str]] = None
     # Record kind: conversation (SFT) or preference (reward, DPO); null = implied by the sources' formats
     # (a preference preset or a mapping with chosen/rejected means preference), else conversation.
     kind: Optional[str] = None
@@ -256,27 +260,27 @@ class MergeStageConfig:
     majority_sign_method: str = "total"
 
     @staticmethod
-    def check(name: str, node: Any, cfg: Any) -> Optional[str]:
-        """The first problem with a merge stage's fields, as `key: what to fix`, or None."""
+    def check(node: Any) -> None:
+        """Cross-field checks (run by recipe.validate); ValueError('<key>: <what to do>')."""
         models = list(node.models)
         if len(models) < 2:
-            return f"models: merging needs at least two stages, got {models}."
+            raise ValueError(f"models: merging needs at least two stages, got {models}.")
         if len(set(models)) != len(models):
-            return f"models: {models} names a stage twice; give each once and use `weights` to favour one."
+            raise ValueError(f"models: {models} names a stage twice; give each once and use `weights` to favour one.")
         if node.method not in MERGE_METHODS:
-            return f"method: `{node.method}` is not one of {', '.join(MERGE_METHODS)}."
+            raise ValueError(f"method: `{node.method}` is not one of {', '.join(MERGE_METHODS)}.")
         if node.method == "slerp" and len(models) != 2:
-            return f"models: slerp interpolates exactly two models, got {len(models)}; use linear or ties for more."
+            raise ValueError(f"models: slerp interpolates exactly two models, got {len(models)}; "
+                             "use linear or ties for more.")
         if node.weights is not None:
             weights = list(node.weights)
             if len(weights) != len(models) or any(w < 0 for w in weights) or sum(weights) <= 0:
-                return (f"weights: {weights} must be one non-negative number per model ({len(models)}) "
-                        "with a positive sum, or null for equal weights.")
+                raise ValueError(f"weights: {weights} must be one non-negative number per model ({len(models)}) "
+                                 "with a positive sum, or null for equal weights.")
         if not 0 < node.density <= 1:
-            return f"density: {node.density} must be in (0, 1] (the share of task-vector entries kept)."
+            raise ValueError(f"density: {node.density} must be in (0, 1] (the share of task-vector entries kept).")
         if node.majority_sign_method not in ("total", "frequency"):
-            return f"majority_sign_method: `{node.majority_sign_method}` must be `total` or `frequency`."
-        return None
+            raise ValueError(f"majority_sign_method: `{node.majority_sign_method}` must be `total` or `frequency`.")
 
 
 @dataclass
@@ -331,7 +335,7 @@ class EvaluateStageConfig:
     baseline: Optional[str] = field(default=None, metadata=STAGE_REF)
     # A reward stage whose model judges each pair (higher score wins, equal scores tie); null when
     # judge_endpoint is used instead.
-    judge: Optional[str] = field(default=None, metadata=STAGE_REF)
+    judge: Optional[str] = field(default=None, metadata={**STAGE_REF, "kinds": ("reward",)})
     # An LLM judge behind an OpenAI-compatible endpoint, used instead of `judge` when its base_url is set.
     judge_endpoint: JudgeEndpointConfig = field(default_factory=JudgeEndpointConfig)
     # Data set (under `data.`) whose held-out split gives the prompts: every turn before each held-out
@@ -351,28 +355,24 @@ class EvaluateStageConfig:
     judge_max_length: int = 1024
 
     @staticmethod
-    def check(name: str, node: Any, cfg: Any) -> Optional[str]:
-        """The first problem with an evaluate stage's fields, as `key: what to fix`, or None."""
+    def check(node: Any) -> None:
+        """Cross-field checks (run by recipe.validate); ValueError('<key>: <what to do>')."""
         if not node.models:
-            return "models: name at least one earlier stage to evaluate."
+            raise ValueError("models: name at least one earlier stage to evaluate.")
         if node.baseline is None:
-            return "baseline: name the earlier stage every model is compared against (e.g. sft)."
+            raise ValueError("baseline: name the earlier stage every model is compared against (e.g. sft).")
         if node.data is None:
-            return "data: name the data set whose held-out split gives the prompts."
+            raise ValueError("data: name the data set whose held-out split gives the prompts.")
         endpoint = node.judge_endpoint.base_url is not None
         if (node.judge is None) == (not endpoint):
-            return ("judge: name a reward stage as the judge, or set judge_endpoint.base_url (and .model) to use "
-                    "an LLM endpoint; exactly one of them.")
+            raise ValueError("judge: name a reward stage as the judge, or set judge_endpoint.base_url (and .model) "
+                             "to use an LLM endpoint; exactly one of them.")
         if endpoint and not node.judge_endpoint.model:
-            return "judge_endpoint.model: name the model the endpoint serves."
-        if node.judge is not None and cfg.stages[node.judge].kind != "reward":
-            return (f"judge: `{node.judge}` is a {cfg.stages[node.judge].kind} stage; the judge must be a reward "
-                    "stage (a sequence classifier trained on preference pairs).")
+            raise ValueError("judge_endpoint.model: name the model the endpoint serves.")
         if node.bootstrap_samples < 100:
-            return f"bootstrap_samples: {node.bootstrap_samples} is too few for a 95% interval; use 1000 or more."
+            raise ValueError(f"bootstrap_samples: {node.bootstrap_samples} is too few for a 95% interval; use 1000.")
         if not 0 < node.confidence < 1:
-            return f"confidence: {node.confidence} must be between 0 and 1 (e.g. 0.95)."
-        return None
+            raise ValueError(f"confidence: {node.confidence} must be between 0 and 1 (e.g. 0.95).")
 
 
 @dataclass

@@ -114,14 +114,21 @@ def validate(cfg: DictConfig) -> None:
                 where = "a later stage" if ref in names else "no stage"
                 raise ConfigError(f"stages.{name}.{ref_key}: `{ref}` is {where}; it must name an earlier stage "
                                   f"({', '.join(earlier) or 'none before this one'}).{suggest(ref, earlier)}")
+            kinds = _field_metadata(node, ref_key).get("kinds")
+            if kinds and cfg.stages[ref].kind not in kinds:
+                raise ConfigError(f"stages.{name}.{ref_key}: `{ref}` is a {cfg.stages[ref].kind} stage; it must name a "
+                                  f"stage of kind {' or '.join(kinds)}.")
+        check = getattr(STAGE_SCHEMAS[kind], "check", None)
+        if check is not None:
+            try:
+                check(node)
+            except ValueError as exc:
+                raise ConfigError(f"stages.{name}.{exc}") from None
         data_name = OmegaConf.select(node, "data", default=None)
         if data_name is not None and data_name not in cfg.data:
             raise ConfigError(f"stages.{name}.data: no data set `{data_name}` under `data`."
                               f"{suggest(data_name, list(cfg.data.keys()))} Defined: {', '.join(cfg.data) or 'none'}.")
         _check_passthrough(name, node, trainer_config_class(kind))
-        problem = getattr(STAGE_SCHEMAS[kind], "check", lambda *_: None)(name, node, cfg)
-        if problem:
-            raise ConfigError(f"stages.{name}.{problem}")
     for key in cfg.run.only or []:
         if key not in names:
             raise ConfigError(f"run.only: no stage `{key}`.{suggest(key, names)} Stages: {', '.join(names)}.")
@@ -147,6 +154,10 @@ def _reference_keys(node) -> List[str]:
     """Fields whose value names an earlier stage (init, ref_model, reward_model, ...)."""
     schema = OmegaConf.get_type(node)
     return [f.name for f in dataclasses.fields(schema) if f.metadata.get("stage_ref")]
+
+
+def _field_metadata(node, key: str) -> dict:
+    return next(f.metadata for f in dataclasses.fields(OmegaConf.get_type(node)) if f.name == key)
 
 
 def stage_refs(node) -> List[Tuple[str, str]]:

@@ -166,3 +166,40 @@ def test_endpoint_judge_position_swapping():
                                             ("Answer: B", 0.0), ("I cannot tell", 0.5), ("", 0.5)])
 def test_parse_verdict(reply, outcome):
     assert parse_verdict(reply) == outcome
+
+
+EVAL_RECIPE = """
+defaults:
+  - /aya_train
+  - /model: tiny
+  - /data@data.sft: chatterbot
+  - /stage@stages.sft: sft
+  - /stage@stages.evaluate: evaluate
+  - _self_
+stages:
+  sft: {data: sft}
+  evaluate: {models: [sft], baseline: sft, data: sft}
+"""
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("stages.evaluate.judge=sft", ["stages.evaluate.judge", "`sft` is a sft stage", "reward"]),
+    ("stages.evaluate.judge=null", ["stages.evaluate.judge", "judge_endpoint.base_url"]),
+    ("stages.evaluate.models=[]", ["stages.evaluate.models", "at least one"]),
+    ("stages.evaluate.baseline=nope", ["stages.evaluate.baseline", "`nope`"]),
+    ("stages.evaluate.data=sfd", ["stages.evaluate.data", "Did you mean `sft`"]),
+    ("stages.evaluate.bootstrap_samples=10", ["stages.evaluate.bootstrap_samples"]),
+])
+def test_bad_evaluate_config_exits_2(tmp_path, capsys, override, expected):
+    from aya_train.cli import main
+
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text(EVAL_RECIPE)
+    # Without a reward stage in this chain, an endpoint judge stands in so only the override is wrong.
+    assert main([f"recipe={recipe}", "stages.evaluate.judge_endpoint.base_url=http://judge.invalid/v1",
+                 "stages.evaluate.judge_endpoint.model=m", *([override, "stages.evaluate.judge_endpoint.base_url=null"]
+                                                            if "judge=" in override else [override])]) == 2
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err, err
+    assert "Traceback" not in err

@@ -135,6 +135,7 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
     locations: List[str] = []
     excluded: Counter = Counter()
     adjusted: Counter = Counter()
+    keep_languages = {normalize_language(lang) for lang in ds.languages} if getattr(ds, "languages", None) else None
     for src in ds.sources:
         preset = get_preset(src.format, kind)
         ctx = RowContext(source=source_name(src), name_given=bool(src.name), language=_source_language(src),
@@ -151,6 +152,9 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
                 continue
             except RowError as e:
                 quarantine.add(location, e.category, str(e), dict(row))
+                continue
+            if keep_languages is not None and record["language"] not in keep_languages:
+                excluded["language not in the data set's `languages`"] += 1
                 continue
             adjusted.update(notes)
             records.append(record)

@@ -62,6 +62,7 @@ def prepare_data_set(cfg: Any, name: str, run_root: Path, is_main: bool,
 def check_data_set(name: str, ds: Any) -> None:
     """Config checks of data set `name` that read no rows; raises ValueError naming the key and the fix."""
     from aya_train.data.loading import LANGUAGE_MISMATCH_POLICIES, OVER_LENGTH_POLICIES, data_set_kind
+    from aya_train.data.languages import UnknownLanguageError, normalize_language
     from aya_train.data.mixture import check_mixture
     from aya_train.data.quarantine import ON_ERROR
 
@@ -74,3 +75,8 @@ def check_data_set(name: str, ds: Any) -> None:
     except ValueError as exc:
         raise ValueError(f"data.{name}.kind: {exc}.") from None
     check_mixture(ds.mixture, where=f"data.{name}.mixture")
+    for lang in ds.get("languages") or []:
+        try:
+            normalize_language(lang)
+        except UnknownLanguageError as exc:
+            raise ValueError(f"data.{name}.languages: {exc}") from None
