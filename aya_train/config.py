@@ -215,8 +215,23 @@ class SFTStageConfig(StageConfig):
     # Train on the assistant turns only (their end token included); needs `{% generation %}` markers
     # in the chat template, as the built-in tiny tokenizer has.
     assistant_only_loss: bool = True
-    # Pack several conversations per sequence (trl's best-fit decreasing); no padding tokens are trained.
-    packing: bool = True
+    # Batch layout, chosen for the attention kernel (aya_train/batching.py): auto (padding_free with FlashAttention,
+    # else packed_rows), padding_free (conversations packed by best-fit decreasing, the batch flattened into one row
+    # for a varlen kernel), packed_rows (the same packs as separate rows, block-diagonal attention within each),
+    # padded (one conversation per row). Replaces trl's packing/padding_free/eval_packing, which `args` may not set.
+    batching: str = "auto"
+
+    @staticmethod
+    def check(name: str, node: Any, cfg: Any) -> Optional[str]:
+        """The first problem with an SFT stage's fields, as `key: what to fix`, or None."""
+        from aya_train.batching import check_stage
+        from aya_train.modeling import resolve_attn_implementation
+
+        try:
+            attn = resolve_attn_implementation(cfg.model.attn_implementation)
+        except ValueError:
+            attn = cfg.model.attn_implementation  # reported by the model loader, with its fix
+        return check_stage(node, attn)
 
 
 MERGE_METHODS = ("linear", "slerp", "ties", "dare_linear", "dare_ties")
