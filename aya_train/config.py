@@ -215,8 +215,18 @@ class SFTStageConfig(StageConfig):
     # Train on the assistant turns only (their end token included); needs `{% generation %}` markers
     # in the chat template, as the built-in tiny tokenizer has.
     assistant_only_loss: bool = True
-    # Pack several conversations per sequence (trl's best-fit decreasing); no padding tokens are trained.
-    packing: bool = True
+    # Batch layout, chosen for the attention kernel (aya_train/batching.py): auto (padding_free with FlashAttention,
+    # else packed_rows), padding_free (conversations packed by best-fit decreasing, the batch flattened into one row
+    # for a varlen kernel), packed_rows (the same packs as separate rows, block-diagonal attention within each),
+    # padded (one conversation per row). Replaces trl's packing/padding_free/eval_packing, which `args` may not set.
+    batching: str = "auto"
+
+    @staticmethod
+    def check(node: Any) -> None:
+        """Cross-field checks (run by recipe.validate); ValueError('<key>: <what to do>')."""
+        from aya_train.batching import check_stage
+
+        check_stage(node)
 
 
 MERGE_METHODS = ("linear", "slerp", "ties", "dare_linear", "dare_ties")
