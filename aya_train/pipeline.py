@@ -128,7 +128,7 @@ def run(cfg: DictConfig) -> Dict[str, StageResult]:
             raise SystemExit(f"stage `{name}` is {missing} but run.only skips it; add it to run.only or drop run.only.")
         results[name] = _run_stage(cfg, name, node, fp, run_dir, base, data, state)
     if state.is_main_process:
-        report.print_languages(results)
+        report.print_languages(results, cfg, run_dir.root / "languages.json")
     state.wait_for_everyone()
     return results
 
