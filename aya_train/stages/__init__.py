@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from typing import Callable, Optional
 
-# kind -> (module with `run(ctx) -> StageResult`, trl config class name used for `args` checks)
+# kind -> (module with `run(ctx) -> StageResult`, trl config class name used for `args` checks, or None
+# for a stage that trains nothing and has no `args`)
 _REGISTRY = {
     "sft": ("aya_train.stages.sft", "SFTConfig"),
+    "export": ("aya_train.stages.export", None),
 }
 
 
-def trainer_config_class(kind: str) -> type:
-    """The trl config dataclass whose fields a stage's `args` may set."""
+def trainer_config_class(kind: str) -> Optional[type]:
+    """The trl config dataclass whose fields a stage's `args` may set; None for a stage that trains nothing."""
     import trl
 
-    return getattr(trl, _REGISTRY[kind][1])
+    name = _REGISTRY[kind][1]
+    return getattr(trl, name) if name else None
 
 
 def runner(kind: str) -> Callable:
