@@ -105,8 +105,9 @@ class SourceConfig:
     # Local file (jsonl/json/parquet), folder of such files, saved `datasets` dir, hub id, or
     # `pkg://<module>/<subdir>` for data shipped inside an installed package.
     path: str = MISSING
-    # Layout preset (auto, aya_dataset, sharegpt, messages, chatterbot) or a mapping
-    # {canonical_field: field_in_file} for anything else.
+    # Layout preset or a mapping {canonical_field: field_in_file} for anything else. Conversation presets:
+    # auto, aya_dataset, aya_collection, alpaca, sharegpt, messages, chatterbot; preference presets: auto,
+    # preference (prompt/chosen/rejected as strings or message lists, UltraFeedback-style).
     format: Any = "auto"
     # Language of every row, when the file does not say; any ISO 639-1/639-3 code or English name.
     language: Optional[str] = None
@@ -116,6 +117,36 @@ class SourceConfig:
     name: Optional[str] = None
     # Split to read from a hub id or saved DatasetDict.
     split: str = "train"
+    # Hub ids only: stream the rows instead of downloading and caching the whole data set first.
+    streaming: bool = False
+
+
+@dataclass
+class MixtureLevelConfig:
+    # Temperature: a group's share of its parent is proportional to weight * size**alpha (1 = natural
+    # proportions, 0.5 = flattened, 0 = uniform).
+    alpha: float = 1.0
+    # Multiplicative weight per group name at this level (e.g. {sw: 2.0}); unnamed groups weigh 1.
+    weights: Dict[str, float] = field(default_factory=dict)
+    # Fixed share of the parent for named groups (e.g. {en: 0.2}); the rest is split by the rule above.
+    shares: Dict[str, float] = field(default_factory=dict)
+    # Repetition cap: a group takes at most max_epochs times its size; what it cannot take goes to its
+    # siblings in proportion to their shares (UniMax). null = no cap.
+    max_epochs: Optional[float] = None
+
+
+@dataclass
+class MixtureConfig:
+    # Sampling levels, outermost first: a group's share is the product of its shares at each level.
+    levels: List[str] = field(default_factory=lambda: ["source", "language", "task"])
+    # Size of the training set in `unit`s; null = the natural size (every available row once).
+    budget: Optional[int] = None
+    # What budget and shares count: examples (rows) or tokens (chat template + the model's tokenizer).
+    unit: str = "examples"
+    # Per-level settings.
+    source: MixtureLevelConfig = field(default_factory=MixtureLevelConfig)
+    language: MixtureLevelConfig = field(default_factory=MixtureLevelConfig)
+    task: MixtureLevelConfig = field(default_factory=MixtureLevelConfig)
 
 
 @dataclass
@@ -126,6 +157,24 @@ class DataSetConfig:
     eval_fraction: float = 0.1
     # Cap on held-out rows per language, so evaluation stays cheap for large languages.
     max_eval_rows_per_language: Optional[int] = 64
+    # Keep only rows in these languages (codes or names, e.g. [fr, de, es] for a language-family branch);
+    # other rows are left out and counted under `excluded`. null = every language. A language's held-out rows
+    # are the same with or without the filter, so branches of one corpus never train on each other's eval rows.
+    languages: Optional[List[str]] = None
+    # Record kind: conversation (SFT) or preference (reward, DPO); null = implied by the sources' formats
+    # (a preference preset or a mapping with chosen/rejected means preference), else conversation.
+    kind: Optional[str] = None
+    # A bad row: raise (stop at the first, naming file, line and reason; exit 2) or skip (write it to
+    # <run>/data/<set>/quarantine.jsonl and count it per reason in the data report).
+    on_error: str = "raise"
+    # Rows longer than the stage's max_length after chat template + tokenizer: truncate (kept, cut by the
+    # trainer, counted per language) or drop (a bad row: raised or quarantined per on_error).
+    over_length: str = "truncate"
+    # Preference rows whose prompt, chosen and rejected are identified as different languages: warn (kept,
+    # counted), drop (a bad row: raised or quarantined per on_error) or ignore (not checked).
+    language_mismatch: str = "warn"
+    # How training rows are sampled by source, language and task (eval rows are never resampled).
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
 
 
 @dataclass
@@ -175,8 +224,164 @@ class SFTStageConfig(StageConfig):
     # Train on the assistant turns only (their end token included); needs `{% generation %}` markers
     # in the chat template, as the built-in tiny tokenizer has.
     assistant_only_loss: bool = True
-    # Pack several conversations per sequence (trl's best-fit decreasing); no padding tokens are trained.
-    packing: bool = True
+    # Batch layout, chosen for the attention kernel (aya_train/batching.py): auto (padding_free with FlashAttention,
+    # else packed_rows), padding_free (conversations packed by best-fit decreasing, the batch flattened into one row
+    # for a varlen kernel), packed_rows (the same packs as separate rows, block-diagonal attention within each),
+    # padded (one conversation per row). Replaces trl's packing/padding_free/eval_packing, which `args` may not set.
+    batching: str = "auto"
+
+    @staticmethod
+    def check(name: str, node: Any, cfg: Any) -> Optional[str]:
+        """The first problem with an SFT stage's fields, as `key: what to fix`, or None."""
+        from aya_train.batching import check_stage
+        from aya_train.modeling import resolve_attn_implementation
+
+        try:
+            attn = resolve_attn_implementation(cfg.model.attn_implementation)
+        except ValueError:
+            attn = cfg.model.attn_implementation  # reported by the model loader, with its fix
+        return check_stage(node, attn)
+
+
+MERGE_METHODS = ("linear", "slerp", "ties", "dare_linear", "dare_ties")
+
+
+@dataclass
+class MergeStageConfig:
+    """Merge earlier stages' models into one (no trainer): linear, SLERP, TIES, DARE with peft's merge maths."""
+
+    kind: str = "merge"
+    # Earlier stages whose final models are merged (full weights, or LoRA adapters: each adapter is merged into
+    # its own base first). All must share one architecture; the first one's config and tokenizer are kept.
+    models: List[str] = field(default_factory=list, metadata=STAGE_REF)
+    # linear: weighted average of the weights. slerp: spherical interpolation of two models at
+    # t = weights[1] / sum(weights). ties / dare_linear / dare_ties: peft's merges of the task vectors
+    # (model - base): trimmed by magnitude (ties) or dropped at random and rescaled (dare), signs elected (ties).
+    method: str = "linear"
+    # Relative weight of each model, one per entry of `models`; only ratios matter; null = equal weights.
+    weights: Optional[List[float]] = None
+    # ties / dare_*: share of each task vector's entries kept (0 < density <= 1; 1 keeps all of them).
+    density: float = 0.5
+    # ties / dare_*: the model task vectors are taken against: an earlier stage (usually the shared init,
+    # e.g. sft), or null for model.name_or_path. Unused by linear and slerp.
+    base: Optional[str] = field(default=None, metadata=STAGE_REF)
+    # ties / dare_ties: elect each entry's sign by summed values (`total`) or by a vote of signs (`frequency`).
+    majority_sign_method: str = "total"
+
+    @staticmethod
+    def check(node: Any) -> None:
+        """Cross-field checks (run by recipe.validate); ValueError('<key>: <what to do>')."""
+        models = list(node.models)
+        if len(models) < 2:
+            raise ValueError(f"models: merging needs at least two stages, got {models}.")
+        if len(set(models)) != len(models):
+            raise ValueError(f"models: {models} names a stage twice; give each once and use `weights` to favour one.")
+        if node.method not in MERGE_METHODS:
+            raise ValueError(f"method: `{node.method}` is not one of {', '.join(MERGE_METHODS)}.")
+        if node.method == "slerp" and len(models) != 2:
+            raise ValueError(f"models: slerp interpolates exactly two models, got {len(models)}; "
+                             "use linear or ties for more.")
+        if node.weights is not None:
+            weights = list(node.weights)
+            if len(weights) != len(models) or any(w < 0 for w in weights) or sum(weights) <= 0:
+                raise ValueError(f"weights: {weights} must be one non-negative number per model ({len(models)}) "
+                                 "with a positive sum, or null for equal weights.")
+        if not 0 < node.density <= 1:
+            raise ValueError(f"density: {node.density} must be in (0, 1] (the share of task-vector entries kept).")
+        if node.majority_sign_method not in ("total", "frequency"):
+            raise ValueError(f"majority_sign_method: `{node.majority_sign_method}` must be `total` or `frequency`.")
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled for measurement (held-out language fidelity, evaluation). Recorded next to
+    every figure it produced, so two policies are only compared under the same settings."""
+
+    # Longest response, in new tokens.
+    max_new_tokens: int = 48
+    # Sample (true) or decode greedily (false).
+    do_sample: bool = True
+    # Softmax temperature when sampling.
+    temperature: float = 1.0
+    # Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1.0 = off).
+    top_p: float = 1.0
+    # Keep only the k most likely tokens (0 = off).
+    top_k: int = 0
+    # Seed of the sampling draws: the same prompts, settings and seed give every policy the same random numbers.
+    seed: int = 1234
+    # Prompts per generate call (left-padded together).
+    batch_size: int = 32
+    # Generation engine: auto (vLLM when installed and a GPU is present, else transformers), transformers, vllm.
+    backend: str = "auto"
+
+
+@dataclass
+class JudgeEndpointConfig:
+    """An LLM judge behind an OpenAI-compatible endpoint (e.g. `vllm serve`); off unless base_url is set."""
+
+    # Base URL of the API, e.g. http://localhost:8000/v1; null = no endpoint judge.
+    base_url: Optional[str] = None
+    # Model name the endpoint serves.
+    model: Optional[str] = None
+    # Environment variable holding the API key (the key itself never goes into a config, log or card); null = none.
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    # Ask twice with the two responses in both orders and average the verdicts, cancelling position bias.
+    swap_positions: bool = True
+    # Seconds to wait for each verdict.
+    timeout_s: float = 60.0
+
+
+@dataclass
+class EvaluateStageConfig:
+    """Generate on held-out prompts per language with several models; win-rates against a baseline with
+    bootstrap confidence intervals, judged by a reward-model stage (or an endpoint); language fidelity."""
+
+    kind: str = "evaluate"
+    # Earlier stages whose models are evaluated (full weights or LoRA adapters). Naming the baseline here too
+    # adds a sanity row: a model against itself with the same sampling seed ties everywhere (0.5).
+    models: List[str] = field(default_factory=list, metadata=STAGE_REF)
+    # The stage every model is compared against (e.g. sft).
+    baseline: Optional[str] = field(default=None, metadata=STAGE_REF)
+    # A reward stage whose model judges each pair (higher score wins, equal scores tie); null when
+    # judge_endpoint is used instead.
+    judge: Optional[str] = field(default=None, metadata={**STAGE_REF, "kinds": ("reward",)})
+    # An LLM judge behind an OpenAI-compatible endpoint, used instead of `judge` when its base_url is set.
+    judge_endpoint: JudgeEndpointConfig = field(default_factory=JudgeEndpointConfig)
+    # Data set (under `data.`) whose held-out split gives the prompts: every turn before each held-out
+    # conversation's last reply, or the `prompt` of held-out preference pairs. Never trained on.
+    data: Optional[str] = None
+    # Use at most this many held-out prompts per language (the first ones of the split); null = all.
+    max_prompts_per_language: Optional[int] = None
+    # How every model's responses are sampled: the same settings and seed for all, recorded with the results.
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Bootstrap resamples of the prompts (within each language) for the confidence intervals.
+    bootstrap_samples: int = 1000
+    # Confidence level of the intervals.
+    confidence: float = 0.95
+    # Pairs the reward model scores per forward pass.
+    judge_batch_size: int = 16
+    # Longest prompt + response the reward model reads, in tokens (longer ones are truncated).
+    judge_max_length: int = 1024
+
+    @staticmethod
+    def check(node: Any) -> None:
+        """Cross-field checks (run by recipe.validate); ValueError('<key>: <what to do>')."""
+        if not node.models:
+            raise ValueError("models: name at least one earlier stage to evaluate.")
+        if node.baseline is None:
+            raise ValueError("baseline: name the earlier stage every model is compared against (e.g. sft).")
+        if node.data is None:
+            raise ValueError("data: name the data set whose held-out split gives the prompts.")
+        endpoint = node.judge_endpoint.base_url is not None
+        if (node.judge is None) == (not endpoint):
+            raise ValueError("judge: name a reward stage as the judge, or set judge_endpoint.base_url (and .model) "
+                             "to use an LLM endpoint; exactly one of them.")
+        if endpoint and not node.judge_endpoint.model:
+            raise ValueError("judge_endpoint.model: name the model the endpoint serves.")
+        if node.bootstrap_samples < 100:
+            raise ValueError(f"bootstrap_samples: {node.bootstrap_samples} is too few for a 95% interval; use 1000.")
+        if not 0 < node.confidence < 1:
+            raise ValueError(f"confidence: {node.confidence} must be between 0 and 1 (e.g. 0.95).")
 
 
 @dataclass
@@ -206,6 +411,13 @@ class ExportStageConfig:
     # List the files push_to_hub would upload, and where, without touching the network.
     hub_dry_run: bool = False
 
+    @staticmethod
+    def check(node: Any) -> None:
+        """Cross-field checks (run by recipe.validate); ValueError('<key>: <what to do>')."""
+        from aya_train.stages.export import check_config
+
+        check_config(node)
+
 
 @dataclass
 class AyaConfig:
@@ -220,7 +432,8 @@ class AyaConfig:
 
 
 # Stage kind -> its schema; the registry in aya_train.stages maps the same kinds to their runners.
-STAGE_SCHEMAS: Dict[str, type] = {"sft": SFTStageConfig, "export": ExportStageConfig}
+STAGE_SCHEMAS: Dict[str, type] = {"sft": SFTStageConfig, "merge": MergeStageConfig,
+                                  "evaluate": EvaluateStageConfig, "export": ExportStageConfig}
 
 
 def register_configs() -> None:

@@ -81,16 +81,29 @@ def base_model_path(cfg: DictConfig, state: PartialState) -> str:
 
 
 class DataCache:
-    """Load each named data set once per process."""
+    """Load each named data set once per process: read, validate, mix and report it (aya_train.data.prepare)."""
 
     def __init__(self, cfg: DictConfig):
-        self.cfg, self.loaded = cfg, {}
+        self.cfg, self.loaded, self._tokenizer = cfg, {}, None
+
+    def tokenizer(self):
+        """The base model's tokenizer (token lengths, fertility, over-length rows), or None if it cannot load."""
+        if self._tokenizer is None:
+            from aya_train.modeling import load_tokenizer
+
+            try:
+                self._tokenizer = load_tokenizer(self.cfg.model, base_model_path(self.cfg, process_state()))
+            except (OSError, ValueError) as exc:  # e.g. a hub model while offline: rows are still counted
+                log.warning("data: no tokenizer (%s); token counts are left out of the data report", exc)
+                self._tokenizer = False
+        return self._tokenizer or None
 
     def __call__(self, name: str):
-        from aya_train.data.loading import load_conversations
+        from aya_train.data.prepare import prepare_data_set
 
         if name not in self.loaded:
-            self.loaded[name] = load_conversations(self.cfg.data[name], seed=self.cfg.run.seed)
+            self.loaded[name] = prepare_data_set(self.cfg, name, run_dir_for(self.cfg).root,
+                                                 process_state().is_main_process, self.tokenizer)
         return self.loaded[name]
 
 

@@ -100,6 +100,7 @@ def _stage_kind(name: str, node) -> str:
 
 def validate(cfg: DictConfig) -> None:
     """Cross-field checks that the schema cannot express; raise ConfigError naming the key."""
+    from aya_train.data.prepare import check_data_set
     from aya_train.data.readers import check_source
     from aya_train.stages import trainer_config_class
 
@@ -109,27 +110,34 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"run.name `{cfg.run.name}` must be letters, digits, '.', '_' or '-' (it names a folder).")
     names = list(cfg.stages.keys())
     for name, node in cfg.stages.items():
-        kind = _stage_kind(name, node)
+        _stage_kind(name, node)
+    check_stage_graph(cfg)
+    for name, node in cfg.stages.items():
+        kind = node.kind
+        check = getattr(STAGE_SCHEMAS[kind], "check", None)
+        if check is not None:
+            try:
+                check(node)
+            except ValueError as exc:
+                raise ConfigError(f"stages.{name}.{exc}") from None
         data_name = OmegaConf.select(node, "data", default=None)
         if data_name is not None and data_name not in cfg.data:
             raise ConfigError(f"stages.{name}.data: no data set `{data_name}` under `data`."
                               f"{suggest(data_name, list(cfg.data.keys()))} Defined: {', '.join(cfg.data) or 'none'}.")
         trainer_cls = trainer_config_class(kind)
-        if trainer_cls is not None:
-            if data_name is None:
-                raise ConfigError(f"stages.{name}.data: a {kind} stage trains on a data set; set it to one of: "
-                                  f"{', '.join(cfg.data) or 'none defined (add one under `data`)'}.")
-            _check_passthrough(name, node, trainer_cls)
-        if kind == "export":
-            from aya_train.stages.export import check_config
-
-            check_config(name, node)
-    check_stage_graph(cfg)
+        if trainer_cls is not None and data_name is None:
+            raise ConfigError(f"stages.{name}.data: a {kind} stage trains on a data set; set it to one of: "
+                              f"{', '.join(cfg.data) or 'none defined (add one under `data`)'}.")
+        _check_passthrough(name, node, trainer_cls)
     _check_selection(cfg.run, names)
     _check_report_to(cfg.run.report_to)
     for ds_name, ds in cfg.data.items():
         if not ds.sources:
             raise ConfigError(f"data.{ds_name}.sources is empty: give at least one `{{path: ..., format: ...}}`.")
+        try:
+            check_data_set(ds_name, ds)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         for j, src in enumerate(ds.sources):
             try:
                 check_source(src)
@@ -165,6 +173,10 @@ def check_stage_graph(cfg: DictConfig) -> None:
                 raise ConfigError(f"stages.{name}.{key}: `{ref}` is a later stage; stages run in the order of "
                                   f"the recipe's defaults list, so list `/stage@stages.{ref}` before "
                                   f"`/stage@stages.{name}`.")
+            kinds = _field_metadata(cfg.stages[name], key).get("kinds")
+            if kinds and cfg.stages[ref].kind not in kinds:
+                raise ConfigError(f"stages.{name}.{key}: `{ref}` is a {cfg.stages[ref].kind} stage; it must name a "
+                                  f"stage of kind {' or '.join(kinds)}.")
 
 
 def _find_cycle(graph: Dict[str, List[str]]) -> Optional[List[str]]:
@@ -224,29 +236,35 @@ def _check_report_to(report_to) -> None:
                               "from run.report_to.")
 
 
-def stage_refs(node) -> List[Tuple[str, str]]:
-    """(field, stage name) for every stage this stage reads (init, reference, reward model, merge inputs):
-    the one place that says which stages a stage depends on."""
-    refs: List[Tuple[str, str]] = []
-    for key in _reference_keys(node):
-        value = node[key]
-        values = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [value]
-        refs += [(key, str(v)) for v in values if v is not None]
-    return refs
-
-
-def _field_metadata(node, key: str) -> dict:
-    return next(f.metadata for f in dataclasses.fields(OmegaConf.get_type(node)) if f.name == key)
-
-
 def _reference_keys(node) -> List[str]:
     """Fields whose value names an earlier stage (init, ref_model, reward_model, ...)."""
     schema = OmegaConf.get_type(node)
     return [f.name for f in dataclasses.fields(schema) if f.metadata.get("stage_ref")]
 
 
-def _check_passthrough(name: str, node, trainer_cls: type) -> None:
+def _field_metadata(node, key: str) -> dict:
+    return next(f.metadata for f in dataclasses.fields(OmegaConf.get_type(node)) if f.name == key)
+
+
+def stage_refs(node) -> List[Tuple[str, str]]:
+    """(key, stage name) for every reference a stage makes; list-valued fields (merge `models`) give one each.
+    The one place that says which stages a stage depends on (validation, pipeline order, lineage)."""
+    refs = []
+    for key in _reference_keys(node):
+        value = node[key]
+        for ref in (value if OmegaConf.is_list(value) else [value]):
+            if ref is not None:
+                refs.append((key, ref))
+    return refs
+
+
+def _check_passthrough(name: str, node, trainer_cls: Optional[type]) -> None:
     """`args` may set any field of the trl config class, but not one the stage schema already types."""
+    if trainer_cls is None:  # a stage without a trl trainer (merge, evaluate)
+        if node.get("args") is not None:
+            raise ConfigError(f"stages.{name}.args: a {node.kind} stage runs no trl trainer and takes no `args`; "
+                              f"set its own fields (stages.{name}.<field>) instead.")
+        return
     valid = {f.name for f in dataclasses.fields(trainer_cls)}
     typed = {f.name for f in dataclasses.fields(OmegaConf.get_type(node))}
     for key in node.args:

@@ -37,6 +37,35 @@ def print_plan(cfg: DictConfig, run_dir, data) -> None:
             table.add_section()
             table.add_row("all", str(len(loaded.train)), str(len(loaded.eval)), "")
             console.print(table)
+        print_mixture(ds_name, loaded)
+
+
+def print_mixture(name: str, loaded, top: int = 40) -> None:
+    """The mixture plan of a data set: per source x language x task, available vs target vs realised."""
+    from aya_train.data.mixture_report import report_dict
+
+    if loaded.plan is None:
+        return
+    rep = report_dict(loaded, name)
+    table = Table(title=f"data set `{name}`: mixture plan, {rep['budget']:,.0f} {rep['unit']} "
+                        f"(digest {rep['plan_digest']})")
+    for column in ("source", "language", "task", "rows", "tokens", "target", "realised", "epochs", "not sampled"):
+        table.add_column(column, justify="left" if column in ("source", "language", "task") else "right")
+    groups = sorted(rep["groups"], key=lambda g: -g["target_share"])
+    for g in groups[:top]:
+        table.add_row(g["source"], g["language"], g["task"], f"{g['rows']:,}",
+                      "-" if g["tokens"] is None else f"{g['tokens']:,}", f"{100 * g['target_share']:.2f}%",
+                      f"{100 * g['realised_share']:.2f}%", f"{g['epochs']:.2f}" + (" cap" if g["capped"] else ""),
+                      f"{g['not_sampled']:,}")
+    if len(groups) > top:
+        table.add_row(f"... {len(groups) - top} more groups", "", "", "", "", "", "", "", "")
+    console.print(table)
+    q = rep["quarantined"] or {}
+    if q.get("total"):
+        console.print(f"bad rows quarantined: {q['total']:,} ({', '.join(f'{k}: {v}' for k, v in q['by_reason'].items())})"
+                      f" -> {q['file']}")
+    if loaded.report_dir is not None:
+        console.print(f"full data report: {loaded.report_dir}/mixture.md (+ .json, .png)")
 
 
 def print_languages(results: Dict[str, object]) -> None:

@@ -14,7 +14,7 @@ from aya_train.recipe import compose_recipe
 def test_demo_composes_typed():
     cfg = compose_recipe("demo")
     assert OmegaConf.get_type(cfg.stages.sft) is SFTStageConfig
-    assert cfg.stages.sft.kind == "sft" and cfg.stages.sft.packing is True
+    assert cfg.stages.sft.kind == "sft" and cfg.stages.sft.batching == "auto"
     assert cfg.model.name_or_path == "tiny"
     assert cfg.data.sft.sources[0].format == "chatterbot"
 

@@ -1,4 +1,5 @@
-"""Load a data set's sources into canonical conversations, split per language, summarise and fingerprint."""
+"""Load a data set's sources into canonical records (conversations or preference pairs), account for every
+bad row, measure token lengths, split per language, summarise and fingerprint."""
 
 from __future__ import annotations
 
@@ -7,55 +8,84 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set
 
+import numpy as np
 from datasets import Dataset, Features, List as ListFeature, Value
 
 from aya_train.config import DataSetConfig, SourceConfig
-from aya_train.data.languages import UnknownLanguageError, identify_language, normalize_language
-from aya_train.data.presets import Preset, get_preset
-from aya_train.data.readers import iter_rows, source_name
+from aya_train.data.languages import UnknownLanguageError, normalize_language
+from aya_train.data.presets import format_kind, get_preset
+from aya_train.data.quarantine import RAISE, Quarantine
+from aya_train.data.readers import BadRow, iter_rows, source_name
+from aya_train.data.records import RowContext, record_builder
 from aya_train.data.schema import (
-    CONVERSATION_FIELDS, DEFAULT_TASK, DataError, ExcludedRow, RowError, check_conversation,
+    CONVERSATION, CONVERSATION_FIELDS, KINDS, OVER_LENGTH, PREFERENCE, PREFERENCE_FIELDS, ExcludedRow, RowError,
 )
+from aya_train.data.tokens import TokenStats, fertility, token_stats
 
 Record = Dict[str, Any]
 DEMO_CORPUS = "pkg://chatterbot_corpus/data"
 
-CONVERSATION_FEATURES = Features({
-    "messages": ListFeature({"role": Value("string"), "content": Value("string")}),
-    "language": Value("string"),
-    "task": Value("string"),
-    "source": Value("string"),
-    "id": Value("string"),
-    "language_inferred": Value("bool"),
-})
-assert tuple(CONVERSATION_FEATURES) == CONVERSATION_FIELDS  # schema.py names the columns; keep them in step
+_MESSAGES = ListFeature({"role": Value("string"), "content": Value("string")})
+_LABELS = {"language": Value("string"), "task": Value("string"), "source": Value("string"), "id": Value("string"),
+           "language_inferred": Value("bool")}
+CONVERSATION_FEATURES = Features({"messages": _MESSAGES, **_LABELS})
+PREFERENCE_FEATURES = Features({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES, **_LABELS})
+FEATURES = {CONVERSATION: CONVERSATION_FEATURES, PREFERENCE: PREFERENCE_FEATURES}
+# schema.py names the columns; keep them in step
+assert tuple(CONVERSATION_FEATURES) == CONVERSATION_FIELDS and tuple(PREFERENCE_FEATURES) == PREFERENCE_FIELDS
+OVER_LENGTH_POLICIES = ("truncate", "drop")
+LANGUAGE_MISMATCH_POLICIES = ("warn", "drop", "ignore")
 
 
 @dataclass
 class DataSummary:
-    """Rows per language and task in each split, and every row left out or changed, by reason."""
+    """Rows per language and task in each split, and every row left out, quarantined or changed, by reason."""
 
     train: Dict[str, Dict[str, int]] = field(default_factory=dict)  # language -> task -> rows
     eval: Dict[str, Dict[str, int]] = field(default_factory=dict)
-    excluded: Dict[str, int] = field(default_factory=dict)  # reason -> rows not loaded
+    excluded: Dict[str, int] = field(default_factory=dict)  # reason -> rows not loaded (by design, e.g. hinglish)
     adjusted: Dict[str, int] = field(default_factory=dict)  # change made -> rows loaded after that change
     language_inferred: int = 0  # rows whose language was identified from the text
+    kind: str = CONVERSATION
+    # Bad rows (on_error: skip): total, per reason, per reason and language, and the quarantine file.
+    quarantined: Dict[str, Any] = field(default_factory=dict)
+    # Token accounting when a tokenizer was given: the length limit, rows over it per language, fertility.
+    max_length: Optional[int] = None
+    over_length: Dict[str, int] = field(default_factory=dict)  # language -> rows longer than max_length
+    rows_by_language: Dict[str, int] = field(default_factory=dict)  # language -> rows kept (train + eval)
+    fertility: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready form for manifests and reports."""
-        return {"train": self.train, "eval": self.eval, "excluded": self.excluded,
-                "adjusted": self.adjusted, "language_inferred": self.language_inferred}
+        return {"kind": self.kind, "train": self.train, "eval": self.eval, "excluded": self.excluded,
+                "adjusted": self.adjusted, "language_inferred": self.language_inferred,
+                "quarantined": self.quarantined, "max_length": self.max_length, "over_length": self.over_length,
+                "rows_by_language": self.rows_by_language, "fertility": self.fertility}
 
 
 @dataclass
 class LoadedData:
-    """Canonical conversations split into train and eval, with their summary."""
+    """Canonical records split into train and eval, with their summary.
+
+    `available` is the train split as read; `train` is what the stage trains on (the mixture plan's rows of
+    `available`, repeats included; the same object when no plan was applied). `train_tokens` holds the
+    token length of each `available` row when a tokenizer was given.
+    """
 
     train: Dataset
     eval: Dataset
     summary: DataSummary
+    kind: str = CONVERSATION
+    train_tokens: Optional[np.ndarray] = None
+    available: Optional[Dataset] = None
+    plan: Any = None  # aya_train.data.mixture.MixturePlan once a mixture was applied
+    report_dir: Any = None  # where the data report was written (run directory only)
+
+    def __post_init__(self) -> None:
+        if self.available is None:
+            self.available = self.train
 
     @cached_property
     def fingerprint(self) -> str:
@@ -63,51 +93,128 @@ class LoadedData:
         return fingerprint(self.train, self.eval)
 
 
-def load_conversations(ds: DataSetConfig, seed: int) -> LoadedData:
-    """Read every source of `ds` into canonical conversations and split each language into train/eval."""
+def data_set_kind(ds: DataSetConfig) -> str:
+    """The set's `kind`, or the kind its sources' formats imply (conversation when they imply none)."""
+    implied = {format_kind(src.format) for src in ds.sources} - {None}
+    kind = getattr(ds, "kind", None)
+    if kind is not None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        clash = implied - {kind}
+        if clash:
+            raise ValueError(f"kind is {kind!r} but a source's format is a {clash.pop()} layout; "
+                             "fix `kind` or the source's `format`")
+        return kind
+    if len(implied) > 1:
+        raise ValueError("sources mix conversation and preference formats; a data set holds one kind of record")
+    return implied.pop() if implied else CONVERSATION
+
+
+def load_conversations(ds: DataSetConfig, seed: int, **kwargs: Any) -> LoadedData:
+    """Kept for callers that load conversation sets; same as `load_data`."""
+    return load_data(ds, seed, **kwargs)
+
+
+def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: Optional[int] = None,
+              quarantine: Optional[Quarantine] = None) -> LoadedData:
+    """Read every source of `ds` into canonical records and split each language into train/eval.
+
+    Bad rows go to `quarantine` (default: raise at the first). With a tokenizer, every row's templated
+    length is measured; rows longer than `max_length` are counted per language and, with
+    `over_length: drop`, handed to the quarantine.
+    """
     if not ds.sources:
         raise ValueError("data set has no `sources`; add at least one {path: ..., format: ...}")
     if not 0.0 <= ds.eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {ds.eval_fraction}")
+    kind = data_set_kind(ds)
+    on_error = getattr(ds, "on_error", RAISE)
+    quarantine = quarantine or Quarantine(on_error)
+    build = record_builder(kind)
     records: List[Record] = []
-    split_keys: List[str] = []  # the id before any #N suffix, so identical rows share a split side
+    locations: List[str] = []
     excluded: Counter = Counter()
     adjusted: Counter = Counter()
-    seen_ids: Counter = Counter()
+    keep_languages = {normalize_language(lang) for lang in ds.languages} if getattr(ds, "languages", None) else None
     for src in ds.sources:
-        preset = get_preset(src.format)
-        default_language = _source_language(src)
-        source = source_name(src)
+        preset = get_preset(src.format, kind)
+        ctx = RowContext(source=source_name(src), name_given=bool(src.name), language=_source_language(src),
+                         task=src.task, strict=quarantine.on_error == RAISE,
+                         language_mismatch=getattr(ds, "language_mismatch", "warn"))
         for location, row in iter_rows(src):
+            if isinstance(row, BadRow):
+                quarantine.add(location, row.category, row.reason, row.raw)
+                continue
             try:
-                record, notes = _to_record(row, preset, src, source, default_language)
+                record, notes = build(row, preset, ctx)
             except ExcludedRow as e:
                 excluded[str(e)] += 1
                 continue
-            except (RowError, UnknownLanguageError) as e:
-                _bad_row(location, str(e))
+            except RowError as e:
+                quarantine.add(location, e.category, str(e), dict(row))
                 continue
-            split_keys.append(record["id"])
-            seen_ids[record["id"]] += 1
-            if seen_ids[record["id"]] > 1:  # identical conversation (or row id) again: kept, id made unique
-                record["id"] = f"{record['id']}#{seen_ids[record['id']]}"
-                notes = notes + ("repeated conversation or row id; kept, id suffixed #N",)
+            if keep_languages is not None and record["language"] not in keep_languages:
+                excluded["language not in the data set's `languages`"] += 1
+                continue
             adjusted.update(notes)
             records.append(record)
+            locations.append(location)
+    stats, over = None, Counter()
+    if tokenizer is not None and records:
+        stats = token_stats(records, kind, tokenizer)
+        if max_length:
+            records, locations, stats, over = _over_length(records, locations, stats, max_length,
+                                                           getattr(ds, "over_length", "truncate"), quarantine)
+    split_keys = _unique_ids(records, adjusted)
     held_out = split_by_language([r["language"] for r in records], split_keys, ds.eval_fraction,
                                  ds.max_eval_rows_per_language, seed)
-    train_rows = [r for i, r in enumerate(records) if i not in held_out]
+    train_idx = [i for i in range(len(records)) if i not in held_out]
+    train_rows = [records[i] for i in train_idx]
     eval_rows = [r for i, r in enumerate(records) if i in held_out]
     summary = DataSummary(
         train=_counts(train_rows), eval=_counts(eval_rows), excluded=dict(sorted(excluded.items())),
         adjusted=dict(sorted(adjusted.items())), language_inferred=sum(r["language_inferred"] for r in records),
+        kind=kind, quarantined=quarantine.to_dict(), max_length=max_length if stats is not None else None,
+        over_length=dict(sorted(over.items())),
+        rows_by_language=dict(sorted(Counter(r["language"] for r in records).items())),
+        fertility=fertility([r["language"] for r in records], stats) if stats is not None else {},
     )
-    return LoadedData(_to_dataset(train_rows), _to_dataset(eval_rows), summary)
+    return LoadedData(_to_dataset(train_rows, kind), _to_dataset(eval_rows, kind), summary, kind=kind,
+                      train_tokens=stats.tokens[np.asarray(train_idx, dtype=np.int64)] if stats is not None else None)
 
 
-def _bad_row(location: str, reason: str) -> None:
-    """The one place a bad row is handled: today it stops the load, naming the row."""
-    raise DataError(location, reason)
+def _over_length(records, locations, stats: TokenStats, max_length: int, policy: str, quarantine: Quarantine):
+    """Count rows longer than max_length per language; with policy `drop`, quarantine them (or raise)."""
+    if policy not in OVER_LENGTH_POLICIES:
+        raise ValueError(f"over_length must be one of {', '.join(OVER_LENGTH_POLICIES)}, got {policy!r}")
+    over = Counter()
+    keep = np.ones(len(records), dtype=bool)
+    for i in np.flatnonzero(stats.longest > max_length):
+        record = records[i]
+        over[record["language"]] += 1
+        if policy == "drop":
+            quarantine.add(locations[i], OVER_LENGTH,
+                           f"{int(stats.longest[i])} tokens after the chat template, over max_length {max_length}",
+                           record, language=record["language"],
+                           hint="raise the stage's max_length, shorten the row, or set over_length: truncate")
+            keep[i] = False
+    if keep.all():
+        return records, locations, stats, over
+    kept = np.flatnonzero(keep)
+    stats = TokenStats(*(getattr(stats, f)[kept] for f in ("tokens", "longest", "content_tokens", "chars", "words")))
+    return [records[i] for i in kept], [locations[i] for i in kept], stats, over
+
+
+def _unique_ids(records: List[Record], adjusted: Counter) -> List[str]:
+    """Split keys (the id before any #N suffix, so identical rows share a side); repeated ids get #N."""
+    keys, seen = [], Counter()
+    for record in records:
+        keys.append(record["id"])
+        seen[record["id"]] += 1
+        if seen[record["id"]] > 1:  # identical conversation (or row id) again: kept, id made unique
+            record["id"] = f"{record['id']}#{seen[record['id']]}"
+            adjusted["repeated conversation or row id; kept, id suffixed #N"] += 1
+    return keys
 
 
 def _source_language(src: SourceConfig) -> Optional[str]:
@@ -117,34 +224,6 @@ def _source_language(src: SourceConfig) -> Optional[str]:
         return normalize_language(src.language)
     except UnknownLanguageError as e:
         raise UnknownLanguageError(f"source {src.path}: `language`: {e}") from None
-
-
-def _to_record(row: Mapping[str, Any], preset: Preset, src: SourceConfig, source: str,
-               default_language: Optional[str]) -> Tuple[Record, Tuple[str, ...]]:
-    mapped = preset(row)
-    record: Record = {"messages": mapped.messages}
-    check_conversation(record)  # before language ID, which needs real text
-    inferred = False
-    if mapped.language:
-        language = normalize_language(mapped.language)
-    elif default_language:
-        language = default_language
-    else:
-        text = "\n".join(m["content"] for m in mapped.messages if m["role"] != "system")
-        language, inferred = identify_language(text)[0], True
-    record.update(
-        language=language,
-        task=mapped.task or src.task or DEFAULT_TASK,
-        source=source,
-        id=f"{source}:{mapped.id or _content_hash(mapped.messages)}",
-        language_inferred=inferred,
-    )
-    return record, mapped.notes
-
-
-def _content_hash(messages: List[Dict[str, str]]) -> str:
-    canonical = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def split_by_language(languages: Sequence[str], keys: Sequence[str], eval_fraction: float,
@@ -175,9 +254,10 @@ def _counts(rows: List[Record]) -> Dict[str, Dict[str, int]]:
     return {lang: dict(sorted(tasks.items())) for lang, tasks in sorted(counts.items())}
 
 
-def _to_dataset(rows: List[Record]) -> Dataset:
-    columns = {name: [row[name] for row in rows] for name in CONVERSATION_FEATURES}
-    return Dataset.from_dict(columns, features=CONVERSATION_FEATURES)
+def _to_dataset(rows: List[Record], kind: str = CONVERSATION) -> Dataset:
+    features = FEATURES[kind]
+    columns = {name: [row[name] for row in rows] for name in features}
+    return Dataset.from_dict(columns, features=features)
 
 
 def fingerprint(*datasets: Dataset) -> str:
@@ -197,6 +277,8 @@ def demo_corpus_texts() -> List[str]:
     """Every turn of the installed chatterbot corpus, in file and conversation order (tokenizer training text)."""
     texts: List[str] = []
     for _, row in iter_rows(SourceConfig(path=DEMO_CORPUS, format="chatterbot")):
+        if isinstance(row, BadRow):
+            continue
         turns = row["turns"] if isinstance(row["turns"], list) else [row["turns"]]
         texts.extend(t for t in turns if isinstance(t, str) and t.strip())
     return texts

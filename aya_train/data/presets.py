@@ -1,6 +1,8 @@
 """Field-mapping presets: one raw row (dict) -> canonical conversation fields.
 
 A preset only reshapes; language normalisation, defaults and validation happen in `loading`.
+Registries (extend them to add a layout): PRESETS (conversation presets, name -> function) here, and
+PREFERENCE_PRESETS in `aya_train.data.preference`; a format's kind is the registry it is in.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from aya_train.data.schema import ExcludedRow, RowError
+from aya_train.data.schema import BAD_ROLES, MISSING_FIELD, UNKNOWN_LAYOUT, WRONG_TYPE, ExcludedRow, RowError
 
 Message = Dict[str, str]
 
@@ -22,6 +24,8 @@ class Mapped:
     language: Optional[str] = None
     task: Optional[str] = None
     id: Optional[str] = None
+    # Source label from the row itself (Aya Collection's dataset_name); SourceConfig.name wins over it.
+    source: Optional[str] = None
     # Changes made to the row on the way (e.g. a trailing unanswered turn dropped); counted in the summary.
     notes: Tuple[str, ...] = ()
 
@@ -41,12 +45,13 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
 # blur both languages' metrics, so it is excluded (and counted).
 CHATTERBOT_EXCLUDED_FOLDERS = {"hinglish": "code-mixed Hindi-English (hinglish) in Latin script"}
 
-MAPPING_FIELDS = ("prompt", "response", "messages", "language", "task", "id")
+MAPPING_FIELDS = ("prompt", "response", "messages", "system", "language", "task", "id")
 
 
 def _require(row: Mapping[str, Any], key: str) -> Any:
     if key not in row or row[key] is None:
-        raise RowError(f"field {key!r} is missing; fields found: {', '.join(sorted(map(str, row))) or 'none'}")
+        raise RowError(f"field {key!r} is missing; fields found: {', '.join(sorted(map(str, row))) or 'none'}",
+                       MISSING_FIELD)
     return row[key]
 
 
@@ -61,18 +66,19 @@ def _optional(row: Mapping[str, Any], *keys: str) -> Optional[str]:
 
 def _as_list(value: Any, key: str) -> List[Any]:
     if not isinstance(value, list):  # pyarrow gives lists; anything else is a layout mistake
-        raise RowError(f"field {key!r} must be a list of messages, got {type(value).__name__}")
+        raise RowError(f"field {key!r} must be a list of messages, got {type(value).__name__}", WRONG_TYPE)
     return value
 
 
 def _message(raw: Any, index: int) -> Message:
     """{role, content} from an OpenAI-style or ShareGPT-style ({from, value}) message."""
     if not isinstance(raw, Mapping):
-        raise RowError(f"message {index} must be an object, got {type(raw).__name__}")
+        raise RowError(f"message {index} must be an object, got {type(raw).__name__}", WRONG_TYPE)
     if "from" in raw and "role" not in raw:
         speaker = str(raw.get("from", "")).strip().lower()
         if speaker not in _SHAREGPT_ROLES:
-            raise RowError(f"message {index} is from {raw.get('from')!r}; expected one of {', '.join(_SHAREGPT_ROLES)}")
+            raise RowError(f"message {index} is from {raw.get('from')!r}; expected one of {', '.join(_SHAREGPT_ROLES)}",
+                           BAD_ROLES)
         return {"role": _SHAREGPT_ROLES[speaker], "content": raw.get("value")}
     return {"role": raw.get("role"), "content": raw.get("content")}
 
@@ -93,6 +99,29 @@ def aya_dataset(row: Mapping[str, Any]) -> Mapped:
         task=_optional(row, "task_type"),
         id=_optional(row, "id"),
     )
+
+
+def aya_collection(row: Mapping[str, Any]) -> Mapped:
+    """Aya Collection: inputs/targets/language/script/task_type/dataset_name; dataset_name is the row's source."""
+    return Mapped(
+        messages=_single_turn(_require(row, "inputs"), _require(row, "targets")),
+        language=_optional(row, "language_code", "language"),
+        task=_optional(row, "task_type"),
+        id=_optional(row, "id"),
+        source=_optional(row, "dataset_name"),
+    )
+
+
+def alpaca(row: Mapping[str, Any]) -> Mapped:
+    """Alpaca: instruction (+ optional input, appended after a blank line) -> user; output -> assistant."""
+    instruction = _require(row, "instruction")
+    extra = _optional(row, "input")
+    prompt = f"{instruction}\n\n{extra}" if isinstance(instruction, str) and extra else instruction
+    msgs = _single_turn(prompt, _require(row, "output"))
+    system = _optional(row, "system")
+    if system:
+        msgs.insert(0, {"role": "system", "content": system})
+    return Mapped(msgs, _optional(row, "language"), _optional(row, "task"), _optional(row, "id"))
 
 
 def sharegpt(row: Mapping[str, Any]) -> Mapped:
@@ -137,17 +166,24 @@ def auto(row: Mapping[str, Any]) -> Mapped:
     if "conversations" in row:
         return sharegpt(row)
     if "inputs" in row and "targets" in row:
-        return aya_dataset(row)
+        return aya_collection(row) if "dataset_name" in row else aya_dataset(row)
+    if "instruction" in row and "output" in row:
+        return alpaca(row)
+    if "chosen" in row and "rejected" in row:
+        raise RowError("this row is a preference pair (chosen/rejected) in a conversation data set; set the data "
+                       "set's `kind: preference` (or `format: preference`)", UNKNOWN_LAYOUT)
     raise RowError(
         f"cannot tell the layout of this row (fields found: {', '.join(sorted(map(str, row))) or 'none'}); "
         f"set `format` to one of {', '.join(PRESETS)} or to a mapping such as "
-        "{prompt: question, response: answer}"
+        "{prompt: question, response: answer}", UNKNOWN_LAYOUT
     )
 
 
 PRESETS: Dict[str, Preset] = {
     "auto": auto,
     "aya_dataset": aya_dataset,
+    "aya_collection": aya_collection,
+    "alpaca": alpaca,
     "sharegpt": sharegpt,
     "messages": messages,
     "chatterbot": chatterbot,
@@ -175,21 +211,51 @@ def mapping_preset(mapping: Mapping[str, Any]) -> Preset:
         else:
             raw = _as_list(_require(row, fields["messages"]), fields["messages"])
             msgs = [_message(m, i) for i, m in enumerate(raw)]
+        system = _optional(row, fields["system"]) if "system" in fields else None
+        if system and not (msgs and msgs[0].get("role") == "system"):
+            msgs.insert(0, {"role": "system", "content": system})
         extra = {k: _optional(row, fields[k]) if k in fields else None for k in ("language", "task", "id")}
         return Mapped(msgs, extra["language"], extra["task"], extra["id"])
 
     return mapped
 
 
-def get_preset(fmt: Any) -> Preset:
-    """The preset for a SourceConfig.format: a preset name or a {canonical_field: field_in_file} mapping."""
+def format_kind(fmt: Any) -> Optional[str]:
+    """`preference` or `conversation` for a format that implies one; None for `auto` (either kind)."""
+    from aya_train.data.preference import PREFERENCE_MAPPING_FIELDS, PREFERENCE_PRESETS
+
     if isinstance(fmt, Mapping):
-        return mapping_preset(fmt)
-    if isinstance(fmt, str) and fmt in PRESETS:
-        return PRESETS[fmt]
-    close = difflib.get_close_matches(str(fmt), PRESETS, n=1)
+        return "preference" if set(map(str, fmt)) & (set(PREFERENCE_MAPPING_FIELDS) - set(MAPPING_FIELDS)) \
+            else "conversation"
+    if fmt == "auto":
+        return None
+    if fmt in PREFERENCE_PRESETS:
+        return "preference"
+    return "conversation" if fmt in PRESETS else None
+
+
+def get_preset(fmt: Any, kind: str = "conversation") -> Preset:
+    """The preset for a SourceConfig.format (a preset name or a {canonical_field: field_in_file} mapping)."""
+    from aya_train.data.preference import PREFERENCE_MAPPING_FIELDS, PREFERENCE_PRESETS, preference_mapping_preset
+
+    if kind == "preference":
+        registry, fields = PREFERENCE_PRESETS, PREFERENCE_MAPPING_FIELDS
+        if isinstance(fmt, Mapping):
+            return preference_mapping_preset(fmt)
+    else:
+        registry, fields = PRESETS, MAPPING_FIELDS
+        if isinstance(fmt, Mapping):
+            return mapping_preset(fmt)
+    if isinstance(fmt, str) and fmt in registry:
+        return registry[fmt]
+    other = PREFERENCE_PRESETS if kind != "preference" else PRESETS
+    if isinstance(fmt, str) and fmt in other:
+        raise UnknownPresetError(f"format {fmt!r} is a {'preference' if other is PREFERENCE_PRESETS else 'conversation'} "
+                                 f"layout but the data set's kind is {kind!r}; set the data set's `kind` to match, "
+                                 f"or use one of {', '.join(registry)}")
+    close = difflib.get_close_matches(str(fmt), list(PRESETS) + list(PREFERENCE_PRESETS), n=1)
     suggestion = f"did you mean {close[0]!r}? " if close else ""
     raise UnknownPresetError(
-        f"unknown format {fmt!r}: {suggestion}presets are {', '.join(PRESETS)}, "
-        "or give a mapping {canonical_field: field_in_file} with fields " + ", ".join(MAPPING_FIELDS)
+        f"unknown format {fmt!r}: {suggestion}presets are {', '.join(registry)}, "
+        "or give a mapping {canonical_field: field_in_file} with fields " + ", ".join(fields)
     )

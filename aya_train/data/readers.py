@@ -2,6 +2,9 @@
 
 Locations name the row for the person fixing it: `path:LINE` (from 1, as editors count) for jsonl,
 `path[row N]` / `path[conversation N]` (from 0, as Python and `datasets` index) for everything else.
+A row that cannot even be parsed is yielded as a `BadRow` (the loader raises or quarantines it), so that a
+reader never decides what happens to bad input. READERS (format name -> reader) replaces the file readers
+for formats that read something other than data files (e.g. the chatterbot corpus).
 """
 
 from __future__ import annotations
@@ -12,14 +15,26 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
 
 from aya_train.config import SourceConfig
 from aya_train.data.languages import normalize_language
-from aya_train.data.presets import get_preset
-from aya_train.data.schema import DataError
+from aya_train.data.presets import format_kind, get_preset
+from aya_train.data.schema import INVALID_JSON, INVALID_UTF8, NOT_AN_OBJECT, NUL_BYTE, DataError
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row a reader could not parse: why (category + reason) and the raw text or value."""
+
+    category: str
+    reason: str
+    raw: Any
+
 
 Row = Dict[str, Any]
+RowOrBad = Union[Row, BadRow]
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 CHATTERBOT_SUFFIXES = (".yml", ".yaml")
 PKG_SCHEME = "pkg://"
@@ -70,15 +85,26 @@ def check_source(src: SourceConfig) -> None:
             f"data source {shown} does not exist and is not a hub id like 'owner/name'; "
             "fix `path` (file, folder, saved dataset dir, hub id or pkg://<module>/<subdir>)"
         )
-    get_preset(src.format)
+    get_preset(src.format, "preference" if format_kind(src.format) == "preference" else "conversation")
     if src.language:
         normalize_language(src.language)
 
 
-def iter_rows(src: SourceConfig) -> Iterator[Tuple[str, Row]]:
-    """(location, raw row) for every row of a file, folder, saved `datasets` dir or hub id, in a stable order."""
+def iter_rows(src: SourceConfig) -> Iterator[Tuple[str, RowOrBad]]:
+    """(location, raw row or BadRow) for every row of a file, folder, saved `datasets` dir or hub id, in order."""
+    if isinstance(src.format, str) and src.format in READERS:
+        yield from READERS[src.format](src)
+        return
+    yield from _iter_path(src, chatterbot=False)
+
+
+def read_chatterbot(src: SourceConfig) -> Iterator[Tuple[str, RowOrBad]]:
+    """Chatterbot-corpus YAML files (a file or a folder of language folders)."""
+    yield from _iter_path(src, chatterbot=True)
+
+
+def _iter_path(src: SourceConfig, chatterbot: bool) -> Iterator[Tuple[str, RowOrBad]]:
     path = resolve_path(src.path)
-    chatterbot = src.format == "chatterbot"
     if os.path.isdir(path):
         if _is_saved_dataset(path):
             yield from _iter_saved_dataset(path, src.split)
@@ -88,7 +114,7 @@ def iter_rows(src: SourceConfig) -> Iterator[Tuple[str, Row]]:
     elif os.path.isfile(path):
         yield from _iter_file(path, chatterbot)
     elif is_hub_id(src.path):
-        yield from _iter_hub(src.path, src.split)
+        yield from _iter_hub(src.path, src.split, src.streaming)
     else:
         check_source(src)  # raises the FileNotFoundError that names the path
 
@@ -138,30 +164,46 @@ def _iter_jsonl(path: str) -> Iterator[Tuple[str, Row]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:  # decoded per line so the error names the line
-                raise DataError(location, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+                yield location, BadRow(INVALID_UTF8, f"not valid UTF-8 ({e.reason} at byte {e.start})",
+                                       raw.decode("utf-8", errors="backslashreplace").rstrip("\n"))
+                continue
             if not line.strip():
                 continue  # blank lines (e.g. a trailing newline) are not rows
+            if "\x00" in line:
+                yield location, BadRow(NUL_BYTE, "line contains a NUL byte", line.rstrip("\n"))
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(location, f"invalid JSON: {e.msg} (column {e.colno})") from None
+                yield location, BadRow(INVALID_JSON, f"invalid JSON: {e.msg} (column {e.colno})", line.rstrip("\n"))
+                continue
             if not isinstance(row, dict):
-                raise DataError(location, f"expected one JSON object per line, got {type(row).__name__}")
+                yield location, BadRow(NOT_AN_OBJECT, f"expected one JSON object per line, got {type(row).__name__}",
+                                       row)
+                continue
             yield location, row
 
 
-def _iter_json(path: str) -> Iterator[Tuple[str, Row]]:
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}", f"invalid JSON: {e.msg} (column {e.colno})") from None
+def _iter_json(path: str) -> Iterator[Tuple[str, RowOrBad]]:
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:  # the whole file is one unit: it is quarantined as one entry
+        yield path, BadRow(INVALID_UTF8, f"file is not valid UTF-8 ({e.reason} at byte {e.start})",
+                           raw[:2000].decode("utf-8", errors="backslashreplace"))
+        return
+    except json.JSONDecodeError as e:
+        yield f"{path}:{e.lineno}", BadRow(INVALID_JSON, f"invalid JSON: {e.msg} (column {e.colno}); "
+                                           "the whole file could not be read", raw[:2000].decode("utf-8", "replace"))
+        return
     rows = data.get("data") if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise DataError(path, "expected a JSON list of objects or {\"data\": [...]}")
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise DataError(f"{path}[row {i}]", f"expected a JSON object, got {type(row).__name__}")
+            yield f"{path}[row {i}]", BadRow(NOT_AN_OBJECT, f"expected a JSON object, got {type(row).__name__}", row)
+            continue
         yield f"{path}[row {i}]", row
 
 
@@ -193,10 +235,11 @@ def _iter_saved_dataset(path: str, split: str) -> Iterator[Tuple[str, Row]]:
         yield from _iter_rows_of(dataset, path)
 
 
-def _iter_hub(hub_id: str, split: str) -> Iterator[Tuple[str, Row]]:
+def _iter_hub(hub_id: str, split: str, streaming: bool) -> Iterator[Tuple[str, Row]]:
     from datasets import load_dataset
 
-    yield from _iter_rows_of(load_dataset(hub_id, split=split), f"{hub_id}[{split}]")
+    # streaming reads the rows as they arrive instead of downloading and caching the whole set first
+    yield from _iter_rows_of(load_dataset(hub_id, split=split, streaming=streaming), f"{hub_id}[{split}]")
 
 
 def _iter_chatterbot(path: str) -> Iterator[Tuple[str, Row]]:
@@ -213,3 +256,8 @@ def _iter_chatterbot(path: str) -> Iterator[Tuple[str, Row]]:
     file = Path(path)
     for i, turns in enumerate(conversations):
         yield f"{path}[conversation {i}]", {"turns": turns, "folder": file.parent.name, "category": file.stem}
+
+
+Reader = Callable[[SourceConfig], Iterator[Tuple[str, RowOrBad]]]
+# format name -> reader used instead of the file readers; the preset of the same name maps its rows.
+READERS: Dict[str, Reader] = {"chatterbot": read_chatterbot}

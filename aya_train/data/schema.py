@@ -8,10 +8,10 @@ Conversation record (what every reader + preset produces)::
      "source": "aya_dataset",   # source label (SourceConfig.name or the file/folder stem)
      "id": "aya_dataset:3f2a..."}  # stable: source + the row's own id, or a hash of its content
 
-Preference record (built by a later reader; field names fixed here)::
+Preference record (what every preference preset produces)::
 
-    {"prompt": [messages ending with a user turn], "chosen": [assistant message(s)],
-     "rejected": [assistant message(s)], "language", "task", "source", "id"}
+    {"prompt": [messages ending with a user turn], "chosen": [one assistant message],
+     "rejected": [one assistant message], "language", "task", "source", "id"}
 """
 
 from __future__ import annotations
@@ -30,7 +30,27 @@ CONVERSATION_FIELDS = (MESSAGES, LANGUAGE, TASK, SOURCE, ID, LANGUAGE_INFERRED)
 PROMPT = "prompt"
 CHOSEN = "chosen"
 REJECTED = "rejected"
-PREFERENCE_FIELDS = (PROMPT, CHOSEN, REJECTED, LANGUAGE, TASK, SOURCE, ID)
+PREFERENCE_FIELDS = (PROMPT, CHOSEN, REJECTED, LANGUAGE, TASK, SOURCE, ID, LANGUAGE_INFERRED)
+
+# Kinds of data set (DataSetConfig.kind).
+CONVERSATION = "conversation"
+PREFERENCE = "preference"
+KINDS = (CONVERSATION, PREFERENCE)
+
+# Why a row is bad: stable keys the quarantine file and the report count by.
+INVALID_JSON = "invalid JSON"
+NOT_AN_OBJECT = "not an object"
+INVALID_UTF8 = "invalid UTF-8"
+NUL_BYTE = "NUL byte"
+MISSING_FIELD = "missing or empty field"
+WRONG_TYPE = "wrong type"
+BAD_ROLES = "unknown role or broken role order"
+EMPTY_TURN = "empty turn"
+UNKNOWN_LAYOUT = "unknown layout"
+UNKNOWN_LANGUAGE = "unknown language"
+CHOSEN_EQUALS_REJECTED = "chosen == rejected"
+LANGUAGE_MISMATCH = "prompt/chosen/rejected in different languages"
+OVER_LENGTH = "over length"
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_TASK = "general"
@@ -39,7 +59,11 @@ _DEFAULT_HINT = "fix or remove this row; rows are read strictly so that nothing 
 
 
 class RowError(ValueError):
-    """Why one row cannot become a canonical record."""
+    """Why one row cannot become a canonical record; `category` is one of the keys above."""
+
+    def __init__(self, reason: str, category: str = WRONG_TYPE) -> None:
+        super().__init__(reason)
+        self.category = category
 
 
 class ExcludedRow(Exception):
@@ -49,10 +73,11 @@ class ExcludedRow(Exception):
 class DataError(Exception):
     """A bad row, named by where it is ("path:line" or "path[row N]") and why."""
 
-    def __init__(self, location: str, reason: str, hint: Optional[str] = None) -> None:
+    def __init__(self, location: str, reason: str, hint: Optional[str] = None, category: str = "") -> None:
         self.location = location
         self.reason = reason
         self.hint = hint or _DEFAULT_HINT
+        self.category = category
         super().__init__(location, reason)
 
     def __str__(self) -> str:
@@ -63,30 +88,51 @@ def check_conversation(record: Mapping[str, Any]) -> None:
     """Raise RowError unless record['messages'] is [system?] then user/assistant pairs ending with assistant."""
     messages = record.get(MESSAGES)
     if not isinstance(messages, list) or not messages:
-        raise RowError(f"'{MESSAGES}' must be a non-empty list of {{role, content}}, got {_short(messages)}")
+        raise RowError(f"'{MESSAGES}' must be a non-empty list of {{role, content}}, got {_short(messages)}",
+                       MISSING_FIELD if not messages else WRONG_TYPE)
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
-            raise RowError(f"message {i} must be a {{role, content}} object, got {_short(message)}")
+            raise RowError(f"message {i} must be a {{role, content}} object, got {_short(message)}", WRONG_TYPE)
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise RowError(f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
+            raise RowError(f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}", BAD_ROLES)
         if not isinstance(content, str) or not content.strip():
-            raise RowError(f"message {i} ({role}) has empty or non-text content {_short(content)}")
+            category = EMPTY_TURN if content is None or isinstance(content, str) else WRONG_TYPE
+            raise RowError(f"message {i} ({role}) has empty or non-text content {_short(content)}", category)
         if "\x00" in content:
-            raise RowError(f"message {i} ({role}) contains a NUL byte")
+            raise RowError(f"message {i} ({role}) contains a NUL byte", NUL_BYTE)
     turns = messages[1:] if messages[0]["role"] == "system" else messages
     if not turns:
-        raise RowError("conversation has a system message but no user/assistant turns")
+        raise RowError("conversation has a system message but no user/assistant turns", BAD_ROLES)
     for i, message in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if message["role"] != expected:
             position = i + (len(messages) - len(turns))
             raise RowError(
                 f"message {position} has role {message['role']!r} where {expected!r} was expected; "
-                "turns must alternate user/assistant after at most one leading system message"
+                "turns must alternate user/assistant after at most one leading system message", BAD_ROLES
             )
     if turns[-1]["role"] != "assistant":
-        raise RowError("conversation ends with a user turn; the last message must be the assistant's answer")
+        raise RowError("conversation ends with a user turn; the last message must be the assistant's answer", BAD_ROLES)
+
+
+def check_preference(record: Mapping[str, Any]) -> None:
+    """Raise RowError unless prompt + chosen and prompt + rejected are valid conversations whose answers differ."""
+    for key in (PROMPT, CHOSEN, REJECTED):
+        value = record.get(key)
+        if not isinstance(value, list) or not value:
+            raise RowError(f"'{key}' must be a non-empty list of messages, got {_short(value)}",
+                           MISSING_FIELD if not value else WRONG_TYPE)
+    for key in (CHOSEN, REJECTED):
+        if len(record[key]) != 1:
+            raise RowError(f"'{key}' must be exactly one assistant message, got {len(record[key])} messages", BAD_ROLES)
+        try:
+            check_conversation({MESSAGES: list(record[PROMPT]) + list(record[key])})
+        except RowError as e:
+            raise RowError(f"prompt + {key}: {e}", e.category) from None
+    if record[CHOSEN][0]["content"].strip() == record[REJECTED][0]["content"].strip():
+        raise RowError("chosen and rejected answers are identical; a preference pair needs two different answers",
+                       CHOSEN_EQUALS_REJECTED)
 
 
 def _short(value: Any, limit: int = 60) -> str:

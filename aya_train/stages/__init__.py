@@ -9,12 +9,15 @@ from typing import Callable, Optional
 # for a stage that trains nothing and has no `args`)
 _REGISTRY = {
     "sft": ("aya_train.stages.sft", "SFTConfig"),
+    # Stages without a trl trainer: no `args` passthrough.
+    "merge": ("aya_train.stages.merge", None),
+    "evaluate": ("aya_train.stages.evaluate", None),
     "export": ("aya_train.stages.export", None),
 }
 
 
 def trainer_config_class(kind: str) -> Optional[type]:
-    """The trl config dataclass whose fields a stage's `args` may set; None for a stage that trains nothing."""
+    """The trl config dataclass whose fields a stage's `args` may set; None for a stage without a trainer."""
     import trl
 
     name = _REGISTRY[kind][1]

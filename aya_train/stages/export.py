@@ -15,36 +15,34 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List
 
-from aya_train.errors import ConfigError
 from aya_train.stages.common import StageContext, StageResult, replace_dir
 
 log = logging.getLogger("aya_train")
 UPLOAD_PLAN = "upload_plan.json"
 
 
-def check_config(name: str, node) -> None:
-    """Export settings that can be checked before any model loads (exit 2 from recipe.validate)."""
+def check_config(node) -> None:
+    """Export settings checked before any model loads: ValueError('<key>: <what to do>'), which
+    recipe.validate reports as a config error (exit 2)."""
     from transformers import GenerationConfig
     from transformers.utils.hub import convert_file_size_to_int
 
     try:
         convert_file_size_to_int(node.max_shard_size)
     except ValueError:
-        raise ConfigError(f"stages.{name}.max_shard_size: `{node.max_shard_size}` is not a size; write e.g. 5GB "
-                          "or 500MB.") from None
+        raise ValueError(f"max_shard_size: `{node.max_shard_size}` is not a size; write e.g. 5GB or 500MB.") from None
     unused = GenerationConfig().update(**dict(node.generation))
     if unused:
-        raise ConfigError(f"stages.{name}.generation: not GenerationConfig fields: {', '.join(sorted(unused))}.")
+        raise ValueError(f"generation: not GenerationConfig fields: {', '.join(sorted(unused))}.")
     if node.push_to_hub or node.hub_dry_run:
         if not node.hub_model_id or not re.fullmatch(r"[\w.-]+/[\w.-]+", node.hub_model_id):
-            raise ConfigError(f"stages.{name}.hub_model_id: push_to_hub needs a repository id `owner/name`, "
-                              f"got {node.hub_model_id!r}.")
+            raise ValueError(f"hub_model_id: push_to_hub needs a repository id `owner/name`, got {node.hub_model_id!r}.")
     if node.push_to_hub and not node.hub_dry_run:
         from huggingface_hub import get_token
 
         if get_token() is None:
-            raise ConfigError(f"stages.{name}.push_to_hub: no hub token; run `hf auth login` or set HF_TOKEN "
-                              f"(or try stages.{name}.hub_dry_run=true to see what would be uploaded).")
+            raise ValueError("push_to_hub: no hub token; run `hf auth login` or set HF_TOKEN (or set "
+                             "hub_dry_run=true to see what would be uploaded).")
 
 
 def run(ctx: StageContext) -> StageResult:

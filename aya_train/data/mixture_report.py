@@ -1,0 +1,149 @@
+"""The data report of one data set: mixture table per source x language x task (available rows and tokens,
+target and realised shares, epochs, rows not sampled), quarantined rows per reason, tokenizer fertility and
+truncation per language. Written to `<run>/data/<set>/mixture.{json,md,png}` and recorded in manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from aya_train.artifacts import RunDir, atomic_write_json, atomic_write_text
+
+JSON_FILE, MD_FILE, PNG_FILE = "mixture.json", "mixture.md", "mixture.png"
+
+
+def report_dict(data: Any, name: str) -> Dict[str, Any]:
+    """JSON-ready report of a loaded (and mixed) data set."""
+    plan, summary = data.plan, data.summary
+    groups: List[Dict[str, Any]] = []
+    if plan is not None:
+        total_target, total_real = float(plan.target.sum()) or 1.0, float(plan.realised_units.sum()) or 1.0
+        for g, (source, language, task) in enumerate(plan.groups):
+            rows, real_rows = int(plan.rows[g]), int(plan.realised_rows[g])
+            groups.append({
+                "source": source, "language": language, "task": task, "rows": rows,
+                "tokens": None if plan.tokens is None else int(plan.tokens[g]), "target_share": float(plan.target[g]) / total_target,
+                "realised_share": float(plan.realised_units[g]) / total_real, "sampled_rows": real_rows,
+                "epochs": real_rows / rows if rows else 0.0,
+                "not_sampled": rows - int(plan.distinct_rows[g]), "capped": bool(plan.capped[g]),
+            })
+    over, by_language = summary.over_length, summary.rows_by_language
+    return {
+        "data_set": name, "kind": data.kind, "unit": plan.unit if plan else None,
+        "budget": plan.budget if plan else None, "reachable": plan.reachable if plan else None,
+        "plan_digest": plan.digest if plan else None,
+        "available_rows": int(data.available.num_rows), "train_rows": int(data.train.num_rows),
+        "eval_rows": int(data.eval.num_rows), "groups": groups,
+        "quarantined": summary.quarantined, "excluded": summary.excluded, "adjusted": summary.adjusted,
+        "language_inferred": summary.language_inferred, "max_length": summary.max_length,
+        "languages": {lang: {"rows": rows, **summary.fertility.get(lang, {}),
+                             "over_length": over.get(lang, 0),
+                             "truncation_rate": over.get(lang, 0) / rows if rows else 0.0}
+                      for lang, rows in by_language.items()},
+    }
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    """The report as Markdown (the model card embeds it)."""
+    lines = [f"### Data set `{report['data_set']}` ({report['kind']})", ""]
+    if report["unit"]:
+        lines += [f"Budget: {report['budget']:,.0f} {report['unit']} (reachable under the caps: "
+                  f"{report['reachable']:,.0f}); {report['available_rows']:,} rows available, "
+                  f"{report['train_rows']:,} planned for training, {report['eval_rows']:,} held out for evaluation. "
+                  f"Plan digest `{report['plan_digest']}`.", ""]
+        lines += ["| source | language | task | rows | tokens | target share | realised share | epochs | not sampled |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for g in report["groups"]:
+            cap = " (capped)" if g["capped"] else ""
+            tokens = "-" if g["tokens"] is None else f"{g['tokens']:,}"
+            lines.append(f"| {g['source']} | {g['language']} | {g['task']} | {g['rows']:,} | {tokens} | "
+                         f"{_pct(g['target_share'])} | {_pct(g['realised_share'])} | {g['epochs']:.2f}{cap} | "
+                         f"{g['not_sampled']:,} |")
+        lines.append("")
+    if report["languages"]:
+        lines += ["| language | rows | tokens/char | tokens/word | over max_length | truncation rate |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for lang, v in report["languages"].items():
+            tpc, tpw = v.get("tokens_per_char"), v.get("tokens_per_word")
+            lines.append(f"| {lang} | {v['rows']:,} | {'-' if tpc is None else f'{tpc:.3f}'} | "
+                         f"{'-' if tpw is None else f'{tpw:.2f}'} | {v['over_length']:,} | {_pct(v['truncation_rate'])} |")
+        lines.append("")
+    q = report["quarantined"] or {}
+    lines.append(f"Bad rows (on_error: {q.get('on_error', 'raise')}): {q.get('total', 0):,}"
+                 + (f", in `{q['file']}`" if q.get("file") else ""))
+    for reason, count in (q.get("by_reason") or {}).items():
+        lines.append(f"- {reason}: {count:,}")
+    for title, counts in (("Left out by design", report["excluded"]), ("Kept after a change", report["adjusted"])):
+        if counts:
+            lines.append(f"\n{title}:")
+            lines += [f"- {reason}: {count:,}" for reason, count in counts.items()]
+    if report["language_inferred"]:
+        lines.append(f"\nLanguage identified offline for {report['language_inferred']:,} rows.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: Dict[str, Any], path: Path, top: int = 40) -> None:
+    """Bar chart of available vs target vs realised share per language (sum over sources and tasks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_lang: Dict[str, np.ndarray] = {}
+    total_rows = sum(g["rows"] for g in report["groups"]) or 1
+    for g in report["groups"]:
+        acc = by_lang.setdefault(g["language"], np.zeros(3))
+        acc += (g["rows"] / total_rows, g["target_share"], g["realised_share"])
+    names = sorted(by_lang, key=lambda k: -by_lang[k][0])[:top]
+    values = np.array([by_lang[k] for k in names]).reshape(-1, 3)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4))
+    x = np.arange(len(names))
+    for i, label in enumerate(("available rows", "target share", "realised share")):
+        ax.bar(x + (i - 1) * 0.27, 100 * values[:, i], width=0.27, label=label)
+    ax.set_xticks(x, names, rotation=90 if len(names) > 12 else 0)
+    ax.set_ylabel(f"% of the mixture ({report['unit'] or 'rows'})")
+    ax.set_title(f"data set {report['data_set']}: mixture by language")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(data: Any, name: str, out: Path) -> Dict[str, str]:
+    """Write mixture.json, mixture.md and mixture.png into `out`; return their paths."""
+    report = report_dict(data, name)
+    atomic_write_json(out / JSON_FILE, report)
+    atomic_write_text(out / MD_FILE, markdown(report))
+    files = {"json": str(out / JSON_FILE), "markdown": str(out / MD_FILE)}
+    if report["groups"]:
+        plot(report, out / PNG_FILE)
+        files["png"] = str(out / PNG_FILE)
+    if report["quarantined"].get("file"):
+        files["quarantine"] = report["quarantined"]["file"]
+    return files
+
+
+def record_in_manifest(run_root: Path, name: str, data: Any, files: Dict[str, str]) -> None:
+    """manifest.json["data"][name] = report files, fingerprint, plan digest, bad-row counts."""
+    run_dir = RunDir(Path(run_root))
+    manifest = run_dir.load_manifest()
+    q = data.summary.quarantined or {}
+    manifest.setdefault("data", {})[name] = {
+        "report": files, "kind": data.kind, "plan_digest": data.plan.digest if data.plan else None,
+        "train_rows": int(data.train.num_rows), "eval_rows": int(data.eval.num_rows),
+        "quarantined": q.get("total", 0),
+    }
+    atomic_write_json(run_dir.manifest_path, manifest)
+
+
+def read_report(path: Path) -> Dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
