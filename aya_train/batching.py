@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -72,17 +72,13 @@ class PackedRowsCollator(DataCollatorForLanguageModeling):
 
 
 
-def check_stage(node: Any, attn_implementation: str) -> Optional[str]:
-    """The first problem with an SFT stage's batching, as `key: what to fix`, or None (recipe validation)."""
+
+def check_stage(node: Any) -> None:
+    """Recipe validation of an SFT stage's batching: ValueError('<key>: <what to do>')."""
     for key in CONTROLLED_SFT_ARGS:
         if key in node.args:
-            return f"args.{key}: set by `batching` ({'|'.join(BATCHING_MODES)}); remove it from args."
+            raise ValueError(f"args.{key}: set by `batching` ({'|'.join(BATCHING_MODES)}); remove it from args.")
     if node.batching not in BATCHING_MODES:
         match = difflib.get_close_matches(str(node.batching), BATCHING_MODES, n=1)
         hint = f" Did you mean `{match[0]}`?" if match else ""
-        return f"batching: `{node.batching}` is not one of {', '.join(BATCHING_MODES)}.{hint}"
-    try:
-        resolve_batching(node.batching, attn_implementation)
-    except ValueError as exc:
-        return str(exc)
-    return None
+        raise ValueError(f"batching: `{node.batching}` is not one of {', '.join(BATCHING_MODES)}.{hint}")

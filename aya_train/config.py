@@ -231,16 +231,11 @@ class SFTStageConfig(StageConfig):
     batching: str = "auto"
 
     @staticmethod
-    def check(name: str, node: Any, cfg: Any) -> Optional[str]:
-        """The first problem with an SFT stage's fields, as `key: what to fix`, or None."""
+    def check(node: Any) -> None:
+        """Cross-field checks (run by recipe.validate); ValueError('<key>: <what to do>')."""
         from aya_train.batching import check_stage
-        from aya_train.modeling import resolve_attn_implementation
 
-        try:
-            attn = resolve_attn_implementation(cfg.model.attn_implementation)
-        except ValueError:
-            attn = cfg.model.attn_implementation  # reported by the model loader, with its fix
-        return check_stage(node, attn)
+        check_stage(node)
 
 
 MERGE_METHODS = ("linear", "slerp", "ties", "dare_linear", "dare_ties")

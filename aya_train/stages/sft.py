@@ -66,10 +66,15 @@ class AyaSFTTrainer(SFTTrainer, PerLanguageTrainerMixin):
         return result
 
 
+def stage_batching(ctx: StageContext) -> str:
+    """The batching this stage trains with: `batching` resolved for the model's attention kernel."""
+    return resolve_batching(ctx.cfg.batching, resolve_attn_implementation(ctx.root.model.attn_implementation))
+
+
 def build_trainer(ctx: StageContext, data, tokenizer, model) -> AyaSFTTrainer:
     """The stage's trainer: batching resolved for the model's attention kernel, prepared data cached."""
     c = ctx.cfg
-    batching = resolve_batching(c.batching, resolve_attn_implementation(ctx.root.model.attn_implementation))
+    batching = stage_batching(ctx)
     eval_sets = eval_subsets(data.eval, ["messages"])
     args = trainer_args(
         ctx, SFTConfig, has_eval=bool(eval_sets),
@@ -94,6 +99,7 @@ def build_trainer(ctx: StageContext, data, tokenizer, model) -> AyaSFTTrainer:
 
 def run(ctx: StageContext) -> StageResult:
     c = ctx.cfg
+    stage_batching(ctx)  # a batching the attention kernel cannot honour stops here, before anything loads
     data = ctx.load_data(c.data)
     path = ctx.model_path(c.init)
     tokenizer = load_tokenizer(ctx.root.model, path)
