@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from aya_train.artifacts import RunDir, read_json
+from aya_train.pipeline import stage_reads
 
 # Stage kinds whose per-language table measures an existing model (shown for the exported model when they
 # read the exported stage); every other stage's table is shown only when it is in the model's lineage.
@@ -49,12 +50,13 @@ def _data_sets(cfg: DictConfig, stages: List[str]) -> List[str]:
 
 
 def mixture_markdown(run_dir: RunDir, data_set: str) -> Optional[str]:
-    """The realised mixture table the data engine wrote for a data set (`<run>/data/<name>/mixture.md`)."""
-    recorded = (run_dir.load_manifest().get("data") or {}).get(data_set)
-    candidates = [run_dir.root / "data" / data_set / "mixture.md"]
-    if isinstance(recorded, dict):
-        candidates += [run_dir.root / str(v) for k, v in recorded.items() if str(v).endswith("mixture.md")]
+    """The realised mixture table the data engine wrote for a data set: the markdown file recorded under
+    manifest.json["data"][name]["report"], else `<run>/data/<name>/mixture.md`."""
+    recorded = ((run_dir.load_manifest().get("data") or {}).get(data_set) or {}).get("report") or {}
+    candidates = [Path(recorded["markdown"])] if recorded.get("markdown") else []
+    candidates.append(run_dir.root / "data" / data_set / "mixture.md")
     for path in candidates:
+        path = path if path.is_absolute() else run_dir.root / path
         if path.is_file():
             return path.read_text(encoding="utf-8").strip()
     return None
@@ -82,7 +84,7 @@ def card_metadata(cfg: DictConfig, run_dir: RunDir, source: str, export: DictCon
         "tags": list(dict.fromkeys(["aya-train", "multilingual", *kinds, *export.tags])),
         "lineage": [
             {"stage": name, "kind": cfg.stages[name].kind,
-             "reads": (manifest["stages"].get(name) or {}).get("reads") or {},
+             "reads": stage_reads(cfg.stages[name]),
              "data": OmegaConf.select(cfg.stages[name], "data", default=None),
              "fingerprint": (manifest["stages"].get(name) or {}).get("fingerprint"),
              "data_fingerprint": (manifest["stages"].get(name) or {}).get("data_fingerprint")}
@@ -130,7 +132,7 @@ def model_card(cfg: DictConfig, run_dir: RunDir, source: str, export: DictConfig
            "| stage | kind | reads | data set | steps | fingerprint |", "|---|---|---|---|---|---|"]
     for name in chain:
         entry = manifest["stages"].get(name) or {}
-        reads = ", ".join(f"{k}={v}" for k, v in (entry.get("reads") or {}).items()) or "base model"
+        reads = ", ".join(f"{k}={v}" for k, v in stage_reads(cfg.stages[name]).items()) or "base model"
         out.append(f"| {name} | {cfg.stages[name].kind} | {reads} | "
                    f"{OmegaConf.select(cfg.stages[name], 'data', default=None) or '-'} | "
                    f"{(entry.get('summary') or {}).get('steps', '-')} | {entry.get('fingerprint', '-')} |")

@@ -281,7 +281,7 @@ def _run_stage(cfg, plan: StagePlan, run_dir: RunDir, base: str, data: DataCache
         atomic_write_json(stage_dir / ATTEMPT, {"fingerprint": plan.fingerprint, "inputs": plan.inputs,
                                                 "started": time.time()})
         run_dir.update_stage(name, kind=node.kind, status="running", fingerprint=plan.fingerprint,
-                             reads=stage_reads(node), data=OmegaConf.select(node, "data"),
+                             inputs=_upstream(cfg, name), data=OmegaConf.select(node, "data"),
                              resumed_from=plan.checkpoint, started=time.time())
     state.wait_for_everyone()
     log.info("stage %s (%s): %s in %s", name, node.kind, plan.reason, stage_dir)

@@ -159,6 +159,7 @@ def plot_eval_metrics(metrics_path, out_dir, max_plots: int = 4) -> List:
 def write_run_report(cfg: DictConfig, run_dir) -> None:
     """`<run>/report.md`: every stage's status, lineage and summary, its per-language table and plots."""
     from aya_train.artifacts import atomic_write_text, read_json
+    from aya_train.pipeline import stage_reads
 
     manifest = run_dir.load_manifest()
     lines = [f"# Run `{cfg.run.name}`", "",
@@ -167,7 +168,7 @@ def write_run_report(cfg: DictConfig, run_dir) -> None:
              "| stage | kind | status | reads | data | fingerprint |", "|---|---|---|---|---|---|"]
     for name, node in cfg.stages.items():
         entry = manifest["stages"].get(name, {})
-        reads = ", ".join(f"{k}={v}" for k, v in (entry.get("reads") or {}).items()) or "-"
+        reads = ", ".join(f"{k}={v}" for k, v in stage_reads(node).items()) or "-"
         lines.append(f"| {name} | {node.kind} | {entry.get('status', 'not run')} | {reads} | "
                      f"{entry.get('data') or '-'} | {entry.get('fingerprint', '-')} |")
     for name, node in cfg.stages.items():

@@ -143,12 +143,14 @@ def test_only_and_from_stage_select_stages_and_need_their_inputs(tmp_path):
     assert _actions(_cfg(tmp_path, "run.only=[export]")) == {"sft": "reuse", "export": "run"}
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+def test_dry_run_prints_the_plan_and_runs_no_stage(tmp_path, capsys):
     assert main(["recipe=demo", f"run.output_dir={tmp_path}", "run.dry_run=true",
                  "data.sft.max_eval_rows_per_language=1"]) == 0
     out = capsys.readouterr().out
     assert "plan" in out and "not run yet" in out and "export" in out
-    assert not (tmp_path / "demo").exists()
+    run_dir = tmp_path / "demo"
+    assert not (run_dir / "sft").exists() and not (run_dir / "export").exists()
+    assert not (run_dir / "config.yaml").exists()
 
 
 # ---- checkpoints and the metrics log ----
