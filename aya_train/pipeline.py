@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from aya_train.artifacts import RunDir, atomic_write_json, atomic_write_text, read_json
 from aya_train.errors import ConfigError
 from aya_train.stages import runner
-from aya_train.stages.common import StageContext, StageResult, last_complete_checkpoint
+from aya_train.stages.common import CACHE_DIR, StageContext, StageResult, last_complete_checkpoint
 from aya_train import report
 
 log = logging.getLogger("aya_train")
@@ -276,7 +276,10 @@ def _run_stage(cfg, plan: StagePlan, run_dir: RunDir, base: str, data: DataCache
     if state.is_main_process:
         if plan.discard or (plan.action == "run" and stage_dir.exists()):
             # Outputs of other inputs (run.force), or an attempt killed before its first checkpoint.
-            shutil.rmtree(stage_dir)
+            for child in stage_dir.iterdir():
+                # <stage>/cache/ holds content-keyed caches (e.g. DPO reference log-probs) that stay valid.
+                if child.name != CACHE_DIR:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
         run_dir.clear_done(name)
         atomic_write_json(stage_dir / ATTEMPT, {"fingerprint": plan.fingerprint, "inputs": plan.inputs,
                                                 "started": time.time()})

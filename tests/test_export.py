@@ -24,6 +24,10 @@ SMALL_DATA = ("data.sft.sources=[{path: 'pkg://chatterbot_corpus/data/yoruba', f
               "{path: 'pkg://chatterbot_corpus/data/hindi', format: chatterbot},"
               "{path: 'pkg://chatterbot_corpus/data/french', format: chatterbot}]")
 
+# The demo's SFT stage exported directly (its reward / DPO / RL stages are left out).
+SFT_ONLY = ("stages.export.model=sft",)
+KEEP = ("sft", "export")
+
 
 def _no_network(*args, **kwargs):
     raise AssertionError("the export touched the network")
@@ -32,7 +36,8 @@ def _no_network(*args, **kwargs):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("runs")
-    args = ["recipe=demo", *quick_overrides(out, cache_dir, steps=6), SMALL_DATA, "stages.sft.eval_steps=6",
+    args = ["recipe=demo", *quick_overrides(out, cache_dir, steps=6, keep=KEEP), SMALL_DATA, "stages.sft.eval_steps=6",
+            *SFT_ONLY,
             "stages.export.max_shard_size=1MB", "stages.export.hub_dry_run=true",
             "stages.export.hub_model_id=someone/aya-demo-test", "stages.export.hub_revision=v1",
             "stages.export.hub_private_repo=false", "stages.export.generation.max_new_tokens=16", "+stages.export.generation.do_sample=false"]
@@ -189,7 +194,8 @@ def test_lora_adapter_is_merged_into_the_exported_weights(tmp_path, cache_dir):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
-    args = ["recipe=demo", *quick_overrides(tmp_path, cache_dir, steps=2), SMALL_DATA, "data.sft.eval_fraction=0",
+    args = ["recipe=demo", *quick_overrides(tmp_path, cache_dir, steps=2, keep=KEEP), SMALL_DATA, "data.sft.eval_fraction=0",
+            *SFT_ONLY,
             "stages.sft.lora.enabled=true", "stages.sft.lora.r=4"]
     assert main(args) == 0
     adapter_dir = tmp_path / "demo" / "sft" / "final"

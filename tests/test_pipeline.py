@@ -17,8 +17,35 @@ from aya_train.stages.common import (
 )
 
 
-def _cfg(tmp_path, *overrides):
-    return compose_recipe("demo", [f"run.output_dir={tmp_path}", *overrides])
+# A two-stage chain of its own, so the plan tests do not follow every change of the demo recipe.
+CHAIN = """
+defaults:
+  - /aya_train
+  - /model: tiny
+  - /data@data.sft: chatterbot
+  - /stage@stages.sft: sft
+  - /stage@stages.export: export
+  - _self_
+run:
+  name: chain
+stages:
+  sft: {data: sft, max_steps: 150, learning_rate: 3.0e-3}
+  export: {model: sft, license: apache-2.0}
+"""
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("recipes") / "chain.yaml"
+    path.write_text(CHAIN)
+    return str(path)
+
+
+@pytest.fixture
+def _cfg(tmp_path, chain):
+    def compose(*overrides):
+        return compose_recipe(chain, [f"run.output_dir={tmp_path}", *overrides])
+    return compose
 
 
 def _actions(cfg):
@@ -58,22 +85,22 @@ def _checkpoint(stage_dir: Path, step: int, complete: bool = True) -> Path:
     (["run.only=[sft]", "run.from_stage=sft"], "run.only and run.from_stage both set"),
     (["run.report_to=[tensorbored]"], "run.report_to: unknown logger `tensorbored`"),
 ])
-def test_bad_stage_graph_is_refused_before_any_work(tmp_path, overrides, message):
+def test_bad_stage_graph_is_refused_before_any_work(tmp_path, overrides, message, _cfg):
     with pytest.raises(ConfigError) as err:
-        _cfg(tmp_path, *overrides)
+        _cfg(*overrides)
     assert message in str(err.value)
 
 
-def test_cli_exits_2_on_a_cycle_and_explains_run_from(tmp_path, capsys):
-    assert main(["recipe=demo", f"run.output_dir={tmp_path}", "stages.sft.init=export"]) == 2
+def test_cli_exits_2_on_a_cycle_and_explains_run_from(tmp_path, capsys, chain):
+    assert main([f"recipe={chain}", f"run.output_dir={tmp_path}", "stages.sft.init=export"]) == 2
     assert "cycle" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="run.from_stage=sft"):
         split_recipe_arg(["recipe=demo", "run.from=sft"])
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_stage_refs_is_the_one_list_of_dependencies(tmp_path):
-    cfg = _cfg(tmp_path, "+stage@stages.more=sft", "stages.more.data=sft", "stages.more.init=sft")
+def test_stage_refs_is_the_one_list_of_dependencies(tmp_path, _cfg):
+    cfg = _cfg("+stage@stages.more=sft", "stages.more.data=sft", "stages.more.init=sft")
     assert stage_refs(cfg.stages.export) == [("model", "sft")]
     assert stage_refs(cfg.stages.more) == [("init", "sft")]
     assert stage_refs(cfg.stages.sft) == []
@@ -81,42 +108,42 @@ def test_stage_refs_is_the_one_list_of_dependencies(tmp_path):
 
 # ---- the plan ----
 
-def test_fresh_run_runs_everything_and_finished_stages_are_reused(tmp_path):
-    cfg = _cfg(tmp_path)
+def test_fresh_run_runs_everything_and_finished_stages_are_reused(tmp_path, _cfg):
+    cfg = _cfg()
     assert _actions(cfg) == {"sft": "run", "export": "run"}
     _finish(cfg, "sft")
     assert _actions(cfg) == {"sft": "reuse", "export": "run"}
     _finish(cfg, "export")
     assert _actions(cfg) == {"sft": "reuse", "export": "reuse"}
     # settings outside the fingerprint (where logs go) do not invalidate anything
-    assert _actions(_cfg(tmp_path, "run.report_to=[]")) == {"sft": "reuse", "export": "reuse"}
+    assert _actions(_cfg("run.report_to=[]")) == {"sft": "reuse", "export": "reuse"}
 
 
-def test_changed_inputs_are_refused_naming_the_change_unless_forced(tmp_path, capsys):
-    cfg = _cfg(tmp_path)
+def test_changed_inputs_are_refused_naming_the_change_unless_forced(tmp_path, capsys, _cfg, chain):
+    cfg = _cfg()
     _finish(cfg, "sft")
     _finish(cfg, "export")
-    changed = _cfg(tmp_path, "stages.sft.learning_rate=0.001")
+    changed = _cfg("stages.sft.learning_rate=0.001")
     plans = {p.name: p for p in plan_stages(changed, run_dir_for(changed))}
     assert plans["sft"].action == "refuse"
     assert "stages.sft.learning_rate: 0.003 -> 0.001" in plans["sft"].reason
     # the export read sft, so its inputs changed too
     assert plans["export"].action == "refuse" and "upstream stage `sft` changed" in plans["export"].reason
-    assert main(["recipe=demo", f"run.output_dir={tmp_path}", "stages.sft.learning_rate=0.001"]) == 2
+    assert main([f"recipe={chain}", f"run.output_dir={tmp_path}", "stages.sft.learning_rate=0.001"]) == 2
     err = capsys.readouterr().err
     assert "stages.sft.learning_rate: 0.003 -> 0.001" in err and "run.force=true" in err
     assert (run_dir_for(cfg).stage_dir("sft") / "DONE").is_file()  # nothing was touched
-    forced = {p.name: p for p in plan_stages(_cfg(tmp_path, "stages.sft.learning_rate=0.001", "run.force=true"),
+    forced = {p.name: p for p in plan_stages(_cfg("stages.sft.learning_rate=0.001", "run.force=true"),
                                              run_dir_for(cfg))}
     assert forced["sft"].action == "run" and forced["sft"].discard
     assert forced["export"].action == "run" and forced["export"].discard
     # changing only the export re-runs only the export
-    only_export = _cfg(tmp_path, "stages.export.max_shard_size=1GB", "run.force=true")
+    only_export = _cfg("stages.export.max_shard_size=1GB", "run.force=true")
     assert _actions(only_export) == {"sft": "reuse", "export": "run"}
 
 
-def test_interrupted_stage_resumes_from_its_newest_complete_checkpoint(tmp_path):
-    cfg = _cfg(tmp_path)
+def test_interrupted_stage_resumes_from_its_newest_complete_checkpoint(tmp_path, _cfg):
+    cfg = _cfg()
     plan = plan_stages(cfg, run_dir_for(cfg))[0]
     stage_dir = run_dir_for(cfg).stage_dir("sft")
     stage_dir.mkdir(parents=True)
@@ -127,28 +154,28 @@ def test_interrupted_stage_resumes_from_its_newest_complete_checkpoint(tmp_path)
     plans = plan_stages(cfg, run_dir_for(cfg))
     assert plans[0].action == "resume" and plans[0].checkpoint.endswith("checkpoint-4")
     # an interrupted attempt with other inputs is not resumed into this one
-    changed = _cfg(tmp_path, "stages.sft.max_steps=99")
+    changed = _cfg("stages.sft.max_steps=99")
     assert _actions(changed)["sft"] == "refuse"
 
 
-def test_only_and_from_stage_select_stages_and_need_their_inputs(tmp_path):
-    cfg = _cfg(tmp_path, "run.only=[sft]")
+def test_only_and_from_stage_select_stages_and_need_their_inputs(tmp_path, _cfg):
+    cfg = _cfg("run.only=[sft]")
     assert _actions(cfg) == {"sft": "run", "export": "skip"}
     with pytest.raises(ConfigError, match=r"stage `export` reads `sft` \(stages.export.model\), which is not finished"):
-        _actions(_cfg(tmp_path, "run.only=[export]"))
+        _actions(_cfg("run.only=[export]"))
     with pytest.raises(ConfigError, match="run.from_stage=sft"):
-        _actions(_cfg(tmp_path, "run.from_stage=export"))
-    _finish(_cfg(tmp_path), "sft")
-    assert _actions(_cfg(tmp_path, "run.from_stage=export")) == {"sft": "reuse", "export": "run"}
-    assert _actions(_cfg(tmp_path, "run.only=[export]")) == {"sft": "reuse", "export": "run"}
+        _actions(_cfg("run.from_stage=export"))
+    _finish(_cfg(), "sft")
+    assert _actions(_cfg("run.from_stage=export")) == {"sft": "reuse", "export": "run"}
+    assert _actions(_cfg("run.only=[export]")) == {"sft": "reuse", "export": "run"}
 
 
-def test_dry_run_prints_the_plan_and_runs_no_stage(tmp_path, capsys):
-    assert main(["recipe=demo", f"run.output_dir={tmp_path}", "run.dry_run=true",
+def test_dry_run_prints_the_plan_and_runs_no_stage(tmp_path, capsys, chain):
+    assert main([f"recipe={chain}", f"run.output_dir={tmp_path}", "run.dry_run=true",
                  "data.sft.max_eval_rows_per_language=1"]) == 0
     out = capsys.readouterr().out
     assert "plan" in out and "not run yet" in out and "export" in out
-    run_dir = tmp_path / "demo"
+    run_dir = tmp_path / "chain"
     assert not (run_dir / "sft").exists() and not (run_dir / "export").exists()
     assert not (run_dir / "config.yaml").exists()
 
