@@ -127,3 +127,12 @@ def test_preference_sets_are_mixed_alike(tmp_path):
     assert data.train.num_rows == 200 and data.train.column_names[:3] == ["prompt", "chosen", "rejected"]
     counts = {lang: data.train["language"].count(lang) for lang in ("en", "sw")}
     assert counts == {"en": 100, "sw": 100}  # sw's 10 pairs 10 times each
+
+
+def test_a_set_with_no_good_rows_stops_with_exit_2(tmp_path, cache_dir, tiny_model, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text("not json\n")
+    assert main([*common(tmp_path, cache_dir), "run.dry_run=true", f"data.sft.sources=[{{path: {data}}}]",
+                 "data.sft.on_error=skip"]) == 2
+    err = capsys.readouterr().err
+    assert "data.sft: no training rows left (1 bad" in err and "quarantine.jsonl" in err

@@ -30,7 +30,7 @@ DEMO_CORPUS = "pkg://chatterbot_corpus/data"
 
 _MESSAGES = ListFeature({"role": Value("string"), "content": Value("string")})
 _LABELS = {"language": Value("string"), "task": Value("string"), "source": Value("string"), "id": Value("string"),
-           "language_inferred": Value("bool")}
+           "language_inferred": Value("bool"), "language_confidence": Value("float32")}
 CONVERSATION_FEATURES = Features({"messages": _MESSAGES, **_LABELS})
 PREFERENCE_FEATURES = Features({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES, **_LABELS})
 FEATURES = {CONVERSATION: CONVERSATION_FEATURES, PREFERENCE: PREFERENCE_FEATURES}
@@ -49,6 +49,8 @@ class DataSummary:
     excluded: Dict[str, int] = field(default_factory=dict)  # reason -> rows not loaded (by design, e.g. hinglish)
     adjusted: Dict[str, int] = field(default_factory=dict)  # change made -> rows loaded after that change
     language_inferred: int = 0  # rows whose language was identified from the text
+    # language -> {"rows": identified rows, "mean_confidence": their mean identification confidence}
+    inferred_by_language: Dict[str, Dict[str, float]] = field(default_factory=dict)
     kind: str = CONVERSATION
     # Bad rows (on_error: skip): total, per reason, per reason and language, and the quarantine file.
     quarantined: Dict[str, Any] = field(default_factory=dict)
@@ -62,7 +64,7 @@ class DataSummary:
         """JSON-ready form for manifests and reports."""
         return {"kind": self.kind, "train": self.train, "eval": self.eval, "excluded": self.excluded,
                 "adjusted": self.adjusted, "language_inferred": self.language_inferred,
-                "quarantined": self.quarantined, "max_length": self.max_length, "over_length": self.over_length,
+                "inferred_by_language": self.inferred_by_language, "quarantined": self.quarantined, "max_length": self.max_length, "over_length": self.over_length,
                 "rows_by_language": self.rows_by_language, "fertility": self.fertility}
 
 
@@ -167,7 +169,9 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
     summary = DataSummary(
         train=_counts([labels[i] for i in train_idx]), eval=_counts([labels[i] for i in eval_idx]),
         excluded=dict(sorted(excluded.items())), adjusted=dict(sorted(adjusted.items())),
-        language_inferred=rows.inferred, kind=kind, quarantined=quarantine.to_dict(),
+        language_inferred=rows.inferred, kind=kind,
+        inferred_by_language={lang: {"rows": n, "mean_confidence": rows.confidence[lang] / n}
+                              for lang, n in sorted(rows.inferred_rows.items())}, quarantined=quarantine.to_dict(),
         max_length=max_length if stats is not None else None, over_length=dict(sorted(rows.over.items())),
         rows_by_language=dict(sorted(Counter(rows.languages).items())),
         fertility=fertility(rows.languages, stats) if stats is not None else {},
@@ -196,6 +200,8 @@ class _Collector:
         self.seen: Counter = Counter()
         self.over: Counter = Counter()
         self.inferred = 0
+        self.inferred_rows: Counter = Counter()  # language -> rows identified from the text
+        self.confidence: Counter = Counter()  # language -> sum of their identification confidences
         self.batch: List[Record] = []
         self.locations: List[str] = []
 
@@ -225,7 +231,10 @@ class _Collector:
                 self.adjusted["repeated conversation or row id; kept, id suffixed #N"] += 1
             self.languages.append(record["language"])
             self.tasks.append(record["task"])
-            self.inferred += bool(record["language_inferred"])
+            if record["language_inferred"]:
+                self.inferred += 1
+                self.inferred_rows[record["language"]] += 1
+                self.confidence[record["language"]] += record["language_confidence"]
         self.chunks.append(pa.Table.from_pylist(batch, schema=self.schema))
 
     def finish(self):
