@@ -215,8 +215,18 @@ class SFTStageConfig(StageConfig):
     # Train on the assistant turns only (their end token included); needs `{% generation %}` markers
     # in the chat template, as the built-in tiny tokenizer has.
     assistant_only_loss: bool = True
-    # Pack several conversations per sequence (trl's best-fit decreasing); no padding tokens are trained.
-    packing: bool = True
+    # Batch layout, chosen for the attention kernel (aya_train/batching.py): auto (padding_free with FlashAttention,
+    # else packed_rows), padding_free (conversations packed by best-fit decreasing, the batch flattened into one row
+    # for a varlen kernel), packed_rows (the same packs as separate rows, block-diagonal attention within each),
+    # padded (one conversation per row). Replaces trl's packing/padding_free/eval_packing, which `args` may not set.
+    batching: str = "auto"
+
+    @staticmethod
+    def check(node: Any) -> None:
+        """Cross-field checks (run by recipe.validate); ValueError('<key>: <what to do>')."""
+        from aya_train.batching import check_stage
+
+        check_stage(node)
 
 
 MERGE_METHODS = ("linear", "slerp", "ties", "dare_linear", "dare_ties")
@@ -289,6 +299,79 @@ class SamplingConfig:
     batch_size: int = 32
     # Generation engine: auto (vLLM when installed and a GPU is present, else transformers), transformers, vllm.
     backend: str = "auto"
+
+
+@dataclass
+class RewardStageConfig(StageConfig):
+    """Reward model over trl's RewardTrainer: a sequence classifier scoring (prompt, reply). Trained on
+    preference pairs; a conversation data set is turned into in-language vs other-language pairs."""
+
+    kind: str = "reward"
+
+
+@dataclass
+class DPOStageConfig(StageConfig):
+    """Offline preference optimisation over trl's DPOTrainer (the DPO family: any of trl's loss types)."""
+
+    kind: str = "dpo"
+    # Reference model: an earlier stage (a LoRA adapter is merged into its base first), or null for the
+    # model the policy starts from (`init`).
+    ref_model: Optional[str] = field(default=None, metadata=STAGE_REF)
+    # Strength of the pull towards the reference (DPO's beta; IPO's regularisation).
+    beta: float = 0.1
+    # trl loss types, e.g. [sigmoid], [ipo], [sigmoid, sft] (RPO-style); several are summed with loss_weights.
+    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])
+    # One weight per loss_type entry; null weighs each 1.0.
+    loss_weights: Optional[List[float]] = None
+    # Compute the reference log-probs once, before training, and cache them in `<stage>/cache/`: the reference
+    # model is then not kept in memory, and a rerun (resume, or another beta) reuses them.
+    precompute_ref_log_probs: bool = True
+    # Measure the language fidelity of the init and the trained policy on the held-out prompts.
+    measure_fidelity: bool = True
+    # How held-out responses are sampled for that measurement.
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class RLStageConfig(StageConfig):
+    """Online RL over trl's RLOOTrainer (k samples per prompt, leave-one-out baseline, reward - beta * KL to
+    the init policy) or GRPOTrainer. The data set gives the prompts (and their `language`)."""
+
+    kind: str = "rl"
+    # Online trainer: rloo or grpo.
+    algorithm: str = "rloo"
+    # A reward stage whose model scores each (prompt, response); null for reward functions only.
+    reward_model: Optional[str] = field(default=None, metadata={**STAGE_REF, "kinds": ("reward",)})
+    # Weight of the reward model's score in the summed reward.
+    reward_model_weight: float = 1.0
+    # Reward functions and their weights: the built-in `language_fidelity` (1 when the response is in the
+    # prompt's language), or `package.module:function` with trl's reward-function signature.
+    reward_functions: Dict[str, float] = field(default_factory=dict)
+    # Responses sampled per prompt (RLOO's k; the leave-one-out baseline needs at least 2).
+    num_generations: int = 4
+    # KL coefficient towards the init policy.
+    beta: float = 0.05
+    # Longest sampled response during training, in tokens.
+    max_completion_length: int = 48
+    # Measure the language fidelity of the init and the trained policy on the held-out prompts.
+    measure_fidelity: bool = True
+    # How held-out responses are sampled for that measurement.
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    @staticmethod
+    def check(node: Any) -> None:
+        """Cross-field checks (run by recipe.validate); ValueError('<key>: <what to do>')."""
+        if node.algorithm not in ("rloo", "grpo"):
+            raise ValueError(f"algorithm: `{node.algorithm}` is not an online trainer; use rloo or grpo")
+        if node.reward_model is None and not node.reward_functions:
+            raise ValueError("reward_model: the stage has no reward; name a reward stage and/or set "
+                             "reward_functions, e.g. {language_fidelity: 1.0}")
+        if node.num_generations < 2:
+            raise ValueError(f"num_generations: {node.num_generations} gives no leave-one-out baseline; use 2 or more")
+        for name in node.reward_functions:
+            if name != "language_fidelity" and ":" not in name:
+                raise ValueError(f"reward_functions.{name}: use the built-in `language_fidelity` or an import "
+                                 "path `package.module:function`")
 
 
 @dataclass
@@ -373,8 +456,14 @@ class AyaConfig:
 
 
 # Stage kind -> its schema; the registry in aya_train.stages maps the same kinds to their runners.
-STAGE_SCHEMAS: Dict[str, type] = {"sft": SFTStageConfig, "merge": MergeStageConfig,
-                                  "evaluate": EvaluateStageConfig}
+STAGE_SCHEMAS: Dict[str, type] = {
+    "sft": SFTStageConfig,
+    "reward": RewardStageConfig,
+    "dpo": DPOStageConfig,
+    "rl": RLStageConfig,
+    "merge": MergeStageConfig,
+    "evaluate": EvaluateStageConfig,
+}
 
 
 def register_configs() -> None:

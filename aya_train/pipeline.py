@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aya_train.artifacts import RunDir, atomic_write_json, atomic_write_text
 from aya_train.stages import runner
-from aya_train.stages.common import StageContext, StageResult
+from aya_train.stages.common import CACHE_DIR, StageContext, StageResult
 from aya_train import report
 
 log = logging.getLogger("aya_train")
@@ -141,7 +141,10 @@ def _run_stage(cfg, name, node, fp, run_dir: RunDir, base: str, data: DataCache,
         if previous and previous.get("fingerprint") != fp:
             # Checkpoints of a run with other inputs must not be resumed into this one.
             log.warning("stage %s: inputs changed since the last attempt; starting it afresh", name)
-            shutil.rmtree(stage_dir)
+            for child in stage_dir.iterdir():
+                # <stage>/cache/ holds content-keyed caches (e.g. DPO reference log-probs) that stay valid.
+                if child.name != CACHE_DIR:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
         run_dir.clear_done(name)
         atomic_write_json(attempt, {"fingerprint": fp, "started": time.time()})
         run_dir.update_stage(name, kind=node.kind, status="running", fingerprint=fp, inputs=_upstream(cfg, name),

@@ -49,8 +49,8 @@ def print_plan(cfg: DictConfig, run_dir, data) -> None:
         print_mixture(ds_name, loaded)
 
 
-def print_mixture(name: str, loaded, top: int = 40) -> None:
-    """The mixture plan of a data set: per source x language x task, available vs target vs realised."""
+def print_mixture(name: str, loaded) -> None:
+    """The mixture plan of a data set per language (the full source x language x task table is in the report)."""
     from aya_train.data.mixture_report import report_dict
 
     if loaded.plan is None:
@@ -58,23 +58,22 @@ def print_mixture(name: str, loaded, top: int = 40) -> None:
     rep = report_dict(loaded, name)
     table = Table(title=f"data set `{name}`: mixture plan, {rep['budget']:,.0f} {rep['unit']} "
                         f"(digest {rep['plan_digest']})")
-    for column in ("source", "language", "task", "rows", "tokens", "target", "realised", "epochs", "not sampled"):
-        table.add_column(column, justify="left" if column in ("source", "language", "task") else "right")
-    groups = sorted(rep["groups"], key=lambda g: -g["target_share"])
-    for g in groups[:top]:
-        table.add_row(g["source"], g["language"], g["task"], f"{g['rows']:,}",
-                      "-" if g["tokens"] is None else f"{g['tokens']:,}", f"{100 * g['target_share']:.2f}%",
-                      f"{100 * g['realised_share']:.2f}%", f"{g['epochs']:.2f}" + (" cap" if g["capped"] else ""),
-                      f"{g['not_sampled']:,}")
-    if len(groups) > top:
-        table.add_row(f"... {len(groups) - top} more groups", "", "", "", "", "", "", "", "")
+    columns = ("language", "train rows", "natural", "target", "realised", "epochs", "tok/char", "over max_len")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "language" else "right")
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
+    for lang, v in rep["languages"].items():
+        tpc = v.get("tokens_per_char")
+        table.add_row(lang, f"{v.get('train_rows', v['rows']):,}", pct(v.get("natural_share")), pct(v.get("target_share")),
+                      pct(v.get("realised_share")), f"{v.get('epochs', 0):.2f}", "-" if tpc is None else f"{tpc:.3f}",
+                      f"{v['over_length']:,}")
     console.print(table)
     q = rep["quarantined"] or {}
     if q.get("total"):
         console.print(f"bad rows quarantined: {q['total']:,} ({', '.join(f'{k}: {v}' for k, v in q['by_reason'].items())})"
                       f" -> {q['file']}")
     if loaded.report_dir is not None:
-        console.print(f"full data report: {loaded.report_dir}/mixture.md (+ .json, .png)")
+        console.print(f"data report (every source x language x task): {loaded.report_dir}/mixture.md (+ .json, .png)")
 
 
 def print_languages(results: Dict[str, object]) -> None:

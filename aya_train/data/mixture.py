@@ -37,7 +37,7 @@ class MixturePlan:
     target: np.ndarray  # target size per group in `unit` (after caps and redistribution)
     realised_rows: np.ndarray
     realised_units: np.ndarray
-    capped: np.ndarray  # bool: the group's (or an ancestor's) cap limited it
+    capped: np.ndarray  # bool: the group's (or an ancestor's) cap limited it (a cap holds to within one row)
     distinct_rows: np.ndarray  # rows used at least once per group
     tokens: Optional[np.ndarray]  # available tokens per group, when token lengths are known
     unit: str
@@ -64,6 +64,8 @@ def encode(column: Any) -> Tuple[np.ndarray, List[str]]:
     names = [str(n) for n in arr.dictionary.to_pylist()]
     codes = arr.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     order = np.argsort(np.asarray(names, dtype=object), kind="stable")
+    if np.array_equal(order, np.arange(len(names))):
+        return codes, names
     remap = np.empty(len(names), np.int32)
     remap[order] = np.arange(len(names), dtype=np.int32)
     return remap[codes], [names[i] for i in order]
@@ -135,33 +137,38 @@ def plan_mixture(labels: Dict[str, Any], cfg: Any, seed: int, sizes: Optional[np
     n = len(encoded[order[0]][0])
     if cfg.unit == "tokens" and sizes is None:
         raise MixtureError("mixture.unit is tokens but no token lengths are known (the tokenizer was not loaded)")
-    unit_size = np.ones(n, np.int64) if cfg.unit == "examples" else np.asarray(sizes, np.int64)
+    unit_size = None if cfg.unit == "examples" else np.asarray(sizes, np.int64)
     dims = [len(encoded[lv][1]) for lv in order]
-    combined = np.zeros(n, np.int64)
-    for lv, dim in zip(order, dims):
-        combined = combined * dim + encoded[lv][0]
-    counts = np.bincount(combined, minlength=int(np.prod(dims)))
-    present = np.flatnonzero(counts)
-    remap = np.full(len(counts), -1, np.int64)
-    remap[present] = np.arange(len(present))
-    leaf = remap[combined]  # group of each row; groups sorted by (level 1, level 2, level 3) name
+    space = int(np.prod(dims))
+    combined = encoded[order[0]][0].astype(np.int32 if space < 2 ** 31 else np.int64)
+    for lv, dim in zip(order[1:], dims[1:]):
+        combined *= dim
+        combined += encoded[lv][0]
+    if space <= 50_000_000:  # counting over the whole label space is O(rows)
+        counts = np.bincount(combined, minlength=space)
+        present = np.flatnonzero(counts)
+        remap = np.full(space, -1, np.int32)
+        remap[present] = np.arange(len(present), dtype=np.int32)
+        leaf, rows = remap[combined], counts[present]
+    else:
+        present, leaf, rows = np.unique(combined, return_inverse=True, return_counts=True)
+        leaf = leaf.astype(np.int32)
     del combined
     digits = np.stack(np.unravel_index(present, dims), axis=1)  # per group: code at each level
-    rows = counts[present]
-    units = np.bincount(leaf, weights=unit_size, minlength=len(present))
+    units = rows.astype(np.float64) if unit_size is None else np.bincount(leaf, weights=unit_size,
+                                                                           minlength=len(present))
     budget = float(cfg.budget) if cfg.budget is not None else float(units.sum())
     target, capped = _targets(digits, units, [encoded[lv][1] for lv in order], [_level(cfg, lv) for lv in order],
                               budget)
-    repeats = _realise(leaf, unit_size, rows, units, target, digits, seed)
-    realised_rows = np.bincount(leaf, weights=repeats, minlength=len(present)).astype(np.int64)
-    realised_units = np.bincount(leaf, weights=repeats * unit_size, minlength=len(present))
-    distinct = np.bincount(leaf, weights=repeats > 0, minlength=len(present)).astype(np.int64)
-    tokens = None if sizes is None else np.bincount(leaf, weights=np.asarray(sizes), minlength=len(present))
     position = {lv: i for i, lv in enumerate(order)}
     groups = [tuple(encoded[lv][1][d[position[lv]]] for lv in LEVELS) for d in digits]
-    return MixturePlan(np.repeat(np.arange(n, dtype=np.int64), repeats), repeats, groups, rows, units, target,
-                       realised_rows, realised_units, capped, distinct, tokens, cfg.unit, budget,
-                       float(target.sum()))
+    repeats, realised_rows, realised_units, distinct = _realise(leaf, unit_size, rows, units, target, groups, seed)
+    indices = (np.flatnonzero(repeats) if repeats.max(initial=0) <= 1
+               else np.repeat(np.arange(n, dtype=np.int64), repeats.astype(np.intp)))
+    tokens = (None if sizes is None else units if unit_size is not None
+              else np.bincount(leaf, weights=np.asarray(sizes), minlength=len(rows)))
+    return MixturePlan(indices, repeats, groups, rows, units, target, realised_rows, realised_units, capped,
+                       distinct, tokens, cfg.unit, budget, float(target.sum()))
 
 
 def _targets(digits: np.ndarray, units: np.ndarray, names: List[List[str]], levels: List[Dict[str, Any]],
@@ -206,45 +213,56 @@ def _first(ids: np.ndarray) -> np.ndarray:
     return first
 
 
-def _realise(leaf: np.ndarray, unit_size: np.ndarray, rows: np.ndarray, units: np.ndarray, target: np.ndarray,
-             digits: np.ndarray, seed: int) -> np.ndarray:
-    """Repeats per row meeting each group's target: whole passes over the group, then the rows of a seeded
-    permutation of the group while they fit, then one more row for the groups furthest below target until
-    the total reaches round(sum of targets) (so the total is met within one row)."""
-    repeats = np.zeros(len(leaf), np.int32)
-    # uint16 group ids sort by radix in O(n); rows keep their order inside a group (stable)
-    by_group = np.argsort(leaf.astype(np.uint16) if len(rows) <= 65536 else leaf, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(rows)])
-    total = 0.0
+def _realise(leaf: np.ndarray, unit_size: Optional[np.ndarray], rows: np.ndarray, units: np.ndarray,
+             target: np.ndarray, groups: List[Tuple[str, str, str]], seed: int):
+    """Repeats per row meeting each group's target: whole passes over the group, then rows of a seeded random
+    order of the group while they fit, then one more row for the groups furthest below target until the
+    total reaches round(sum of targets) (so the total is met within one row).
+    Returns (repeats per row, realised rows, realised units, distinct rows used) per group."""
+    safe = np.where(units > 0, units, 1.0)
+    passes = np.where(units > 0, np.floor(target / safe + 1e-9), 0).astype(np.int64)
+    rest = target - passes * units
+    repeats = passes.astype(np.int32)[leaf] if passes.any() else np.zeros(len(leaf), np.int32)
+    realised_rows, realised_units = passes * rows, passes * units
+    distinct = np.where(passes > 0, rows, 0)
+    need = np.flatnonzero((rest > 1e-9) & (units > 0))
     extra: List[Tuple[float, int, int]] = []  # (fraction of the next row still wanted, group, row)
-    for g in range(len(rows)):
-        if target[g] <= 0 or units[g] <= 0:
-            continue
+    if need.size:
+        # uint16 group ids sort by radix in O(n); rows keep their order inside a group (stable)
+        by_group = np.argsort(leaf.astype(np.uint16) if len(rows) <= 65536 else leaf, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(rows)])
+    for g in need:
         members = by_group[starts[g]:starts[g + 1]]
-        passes = int(np.floor(target[g] / units[g] + 1e-9))
-        if passes:
-            repeats[members] += passes
-        rest = target[g] - passes * units[g]
-        total += passes * units[g]
-        if rest <= 1e-9:
-            continue
-        key = zlib.crc32("\x1f".join(map(str, digits[g])).encode())  # a group's rows do not depend on others
-        perm = members[np.random.default_rng([seed, key]).permutation(len(members))]
-        cum = np.cumsum(unit_size[perm])
-        take = int(np.searchsorted(cum, rest + 1e-9, side="right"))
-        repeats[perm[:take]] += 1
-        total += cum[take - 1] if take else 0
-        if take < len(perm):
-            done = cum[take - 1] if take else 0
-            extra.append(((rest - done) / unit_size[perm[take]], g, int(perm[take])))
-    goal = round(float(target.sum()))
+        # seeded by the group's names: a group's rows do not change when other groups come or go
+        rng = np.random.default_rng([seed, zlib.crc32("\x1f".join(groups[g]).encode())])
+        if unit_size is None:  # examples: `take` rows, plus one candidate for the final rounding
+            take = min(int(np.floor(rest[g] + 1e-9)), len(members))
+            order = members[rng.choice(len(members), min(len(members), take + 1), replace=False)]
+            done, next_size = float(take), 1.0
+        else:
+            order = members[rng.permutation(len(members))]
+            cum = np.cumsum(unit_size[order])
+            take = int(np.searchsorted(cum, rest[g] + 1e-9, side="right"))
+            done = float(cum[take - 1]) if take else 0.0
+            next_size = float(unit_size[order[take]]) if take < len(order) else 1.0
+        repeats[order[:take]] += 1
+        realised_rows[g] += take
+        realised_units[g] += done
+        distinct[g] = rows[g] if passes[g] else take
+        if take < len(order):
+            extra.append(((rest[g] - done) / next_size, int(g), int(order[take])))
+    total, goal = float(realised_units.sum()), round(float(target.sum()))
     extra.sort(key=lambda e: (-e[0], e[1]))
-    for _, _, row in extra:
+    for _, g, row in extra:
         if total >= goal:
             break
+        size = 1.0 if unit_size is None else float(unit_size[row])
         repeats[row] += 1
-        total += unit_size[row]
-    return repeats
+        realised_rows[g] += 1
+        realised_units[g] += size
+        distinct[g] += 0 if passes[g] else 1
+        total += size
+    return repeats, realised_rows, realised_units, distinct
 
 
 def apply_mixture(data: Any, cfg: Any, seed: int) -> None:

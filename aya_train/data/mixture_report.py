@@ -32,6 +32,7 @@ def report_dict(data: Any, name: str) -> Dict[str, Any]:
                 "not_sampled": rows - int(plan.distinct_rows[g]), "capped": bool(plan.capped[g]),
             })
     over, by_language = summary.over_length, summary.rows_by_language
+    mix = _by_language(groups)
     return {
         "data_set": name, "kind": data.kind, "unit": plan.unit if plan else None,
         "budget": plan.budget if plan else None, "reachable": plan.reachable if plan else None,
@@ -40,41 +41,56 @@ def report_dict(data: Any, name: str) -> Dict[str, Any]:
         "eval_rows": int(data.eval.num_rows), "groups": groups,
         "quarantined": summary.quarantined, "excluded": summary.excluded, "adjusted": summary.adjusted,
         "language_inferred": summary.language_inferred, "max_length": summary.max_length,
-        "languages": {lang: {"rows": rows, **summary.fertility.get(lang, {}),
+        "languages": {lang: {"rows": rows, **mix.get(lang, {}), **summary.fertility.get(lang, {}),
                              "over_length": over.get(lang, 0),
                              "truncation_rate": over.get(lang, 0) / rows if rows else 0.0}
                       for lang, rows in by_language.items()},
     }
 
 
+def _by_language(groups: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Mixture figures summed over sources and tasks: train rows, natural / target / realised share, epochs."""
+    total = sum(g["rows"] for g in groups) or 1
+    out: Dict[str, Dict[str, Any]] = {}
+    for g in groups:
+        acc = out.setdefault(g["language"], {"train_rows": 0, "natural_share": 0.0, "target_share": 0.0,
+                                             "realised_share": 0.0, "sampled_rows": 0})
+        acc["train_rows"] += g["rows"]
+        acc["natural_share"] += g["rows"] / total
+        acc["target_share"] += g["target_share"]
+        acc["realised_share"] += g["realised_share"]
+        acc["sampled_rows"] += g["sampled_rows"]
+    for acc in out.values():
+        acc["epochs"] = acc["sampled_rows"] / acc["train_rows"] if acc["train_rows"] else 0.0
+    return out
+
+
 def _pct(x: Optional[float]) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def _num(v: Any, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
 def markdown(report: Dict[str, Any]) -> str:
-    """The report as Markdown (the model card embeds it)."""
+    """The report as Markdown (the model card embeds it): per language, bad rows, then every group."""
     lines = [f"### Data set `{report['data_set']}` ({report['kind']})", ""]
     if report["unit"]:
         lines += [f"Budget: {report['budget']:,.0f} {report['unit']} (reachable under the caps: "
                   f"{report['reachable']:,.0f}); {report['available_rows']:,} rows available, "
                   f"{report['train_rows']:,} planned for training, {report['eval_rows']:,} held out for evaluation. "
-                  f"Plan digest `{report['plan_digest']}`.", ""]
-        lines += ["| source | language | task | rows | tokens | target share | realised share | epochs | not sampled |",
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for g in report["groups"]:
-            cap = " (capped)" if g["capped"] else ""
-            tokens = "-" if g["tokens"] is None else f"{g['tokens']:,}"
-            lines.append(f"| {g['source']} | {g['language']} | {g['task']} | {g['rows']:,} | {tokens} | "
-                         f"{_pct(g['target_share'])} | {_pct(g['realised_share'])} | {g['epochs']:.2f}{cap} | "
-                         f"{g['not_sampled']:,} |")
-        lines.append("")
+                  f"Plan digest `{report['plan_digest']}`. Shares are of {report['unit']}; natural = share of the "
+                  "available training rows.", ""]
     if report["languages"]:
-        lines += ["| language | rows | tokens/char | tokens/word | over max_length | truncation rate |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += ["| language | train rows | natural share | target share | realised share | epochs | tokens/char | "
+                  "tokens/word | over max_length | truncation rate |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for lang, v in report["languages"].items():
-            tpc, tpw = v.get("tokens_per_char"), v.get("tokens_per_word")
-            lines.append(f"| {lang} | {v['rows']:,} | {'-' if tpc is None else f'{tpc:.3f}'} | "
-                         f"{'-' if tpw is None else f'{tpw:.2f}'} | {v['over_length']:,} | {_pct(v['truncation_rate'])} |")
+            lines.append(f"| {lang} | {v.get('train_rows', v['rows']):,} | {_pct(v.get('natural_share'))} | {_pct(v.get('target_share'))} | "
+                         f"{_pct(v.get('realised_share'))} | {_num(v.get('epochs'), '.2f')} | "
+                         f"{_num(v.get('tokens_per_char'), '.3f')} | {_num(v.get('tokens_per_word'), '.2f')} | "
+                         f"{v['over_length']:,} | {_pct(v['truncation_rate'])} |")
         lines.append("")
     q = report["quarantined"] or {}
     lines.append(f"Bad rows (on_error: {q.get('on_error', 'raise')}): {q.get('total', 0):,}"
@@ -87,6 +103,16 @@ def markdown(report: Dict[str, Any]) -> str:
             lines += [f"- {reason}: {count:,}" for reason, count in counts.items()]
     if report["language_inferred"]:
         lines.append(f"\nLanguage identified offline for {report['language_inferred']:,} rows.")
+    if report["groups"]:
+        lines += ["", f"<details><summary>All {len(report['groups'])} groups (source x language x task)</summary>", "",
+                  "| source | language | task | rows | tokens | target share | realised share | epochs | not sampled |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for g in report["groups"]:
+            cap = " (capped)" if g["capped"] else ""
+            lines.append(f"| {g['source']} | {g['language']} | {g['task']} | {g['rows']:,} | {_num(g['tokens'], ',')} | "
+                         f"{_pct(g['target_share'])} | {_pct(g['realised_share'])} | {g['epochs']:.2f}{cap} | "
+                         f"{g['not_sampled']:,} |")
+        lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
 

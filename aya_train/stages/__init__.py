@@ -8,6 +8,10 @@ from typing import Callable, Optional
 # kind -> (module with `run(ctx) -> StageResult`, trl config class name used for `args` checks)
 _REGISTRY = {
     "sft": ("aya_train.stages.sft", "SFTConfig"),
+    "reward": ("aya_train.stages.reward", "RewardConfig"),
+    "dpo": ("aya_train.stages.dpo", "DPOConfig"),
+    # `args` are checked against RLOOConfig; stages.NAME.algorithm=grpo trains with GRPOConfig.
+    "rl": ("aya_train.stages.rl", "RLOOConfig"),
     # Stages without a trl trainer: no `args` passthrough.
     "merge": ("aya_train.stages.merge", None),
     "evaluate": ("aya_train.stages.evaluate", None),

@@ -15,6 +15,10 @@ from aya_train.artifacts import RunDir
 from aya_train.modeling import precision_args
 
 
+# Sub-folder of a stage kept when the stage restarts with other inputs: its entries are keyed by their own inputs.
+CACHE_DIR = "cache"
+
+
 @dataclass
 class StageContext:
     """Everything a stage needs, resolved by the pipeline."""
@@ -42,6 +46,20 @@ class StageContext:
     def model_path(self, ref: Optional[str]) -> str:
         """Folder of the model a reference names: an earlier stage's final/, or the base model."""
         return str(self.run_dir.final_dir(ref)) if ref else self.base_model
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.stage_dir / CACHE_DIR
+
+    def full_model_path(self, ref: Optional[str], num_labels: int = 1) -> str:
+        """Like model_path, with a LoRA adapter merged into its base first (into this stage's cache), so the
+        model really is the earlier stage's result (a PeftModel with the adapter off would be its base)."""
+        from aya_train.modeling import merge_adapter_if_any
+
+        path = self.model_path(ref)
+        with self.state.main_process_first():
+            return merge_adapter_if_any(path, self.root.model, self.cache_dir / f"merged-{ref or 'base'}",
+                                        num_labels=num_labels)
 
 
 @dataclass

@@ -1,0 +1,113 @@
+"""Tokenised training data, cached by fingerprint so that a rerun or a later stage never tokenises again.
+
+A trainer's prepared dataset (chat template applied, tokenised, labels built, truncated, packed) depends only on
+the rows, the tokenizer, the chat template and the preparation settings (max length, packing, loss masks, ...).
+The key is a hash of exactly those; the value is the prepared dataset saved with `datasets` under
+`<run.cache_dir>/prepared/<key>/` and read back memory-mapped. Delete that folder to reclaim the space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from datasets import Dataset, load_from_disk
+
+from aya_train.data.loading import fingerprint as rows_fingerprint
+
+_MARKER = "aya_prepared.json"  # written last: a folder without it is an interrupted write
+
+
+def cache_root(run_cfg: Any) -> Path:
+    """`run.cache_dir`, or `<run.output_dir>/.cache` (where the pipeline also keeps the built tiny model)."""
+    return Path(run_cfg.cache_dir or Path(run_cfg.output_dir) / ".cache").expanduser().resolve()
+
+
+def tokenizer_fingerprint(tokenizer: Any, chat_template: Optional[str]) -> str:
+    """Hash of everything in a tokenizer that changes token ids: vocabulary, merges, normaliser, special tokens,
+    and the chat template the trainer renders conversations with."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    payload = json.dumps({
+        "class": type(tokenizer).__name__,
+        "vocabulary": hashlib.sha256(vocabulary.encode("utf-8")).hexdigest(),
+        "special": {str(k): str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "chat_template": chat_template or tokenizer.chat_template,
+        "add_bos": getattr(tokenizer, "add_bos_token", None),
+        "add_eos": getattr(tokenizer, "add_eos_token", None),
+    }, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def prepared_key(dataset: Dataset, tokenizer_fp: str, settings: dict) -> str:
+    """Cache key: the rows' content hash + tokenizer/template hash + the preparation settings."""
+    payload = {"rows": rows_fingerprint(dataset), "tokenizer": tokenizer_fp, "settings": settings}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]
+
+
+class PreparedDataCache:
+    """Folder of prepared datasets by key; writes are atomic, so concurrent writers of one key are harmless."""
+
+    def __init__(self, root: Path, write: bool = True):
+        self.root = Path(root) / "prepared"
+        # Only one process of a multi-process launch writes; every process reads.
+        self.write = write
+        self.hits: list[str] = []
+        self.misses: list[str] = []
+
+    def folder(self, key: str) -> Path:
+        return self.root / key
+
+    def load(self, key: str) -> Optional[Dataset]:
+        folder = self.folder(key)
+        if not (folder / _MARKER).is_file():
+            return None
+        return load_from_disk(str(folder))
+
+    def get_or_build(self, key: str, build: Callable[[], Dataset], description: str = "") -> Dataset:
+        """The cached dataset for `key`, or `build()`'s result saved under `key` (and read back memory-mapped)."""
+        cached = self.load(key)
+        if cached is not None:
+            self.hits.append(key)
+            return cached
+        self.misses.append(key)
+        dataset = build()
+        if not self.write:
+            return dataset
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        try:
+            dataset.save_to_disk(str(tmp))
+            (tmp / _MARKER).write_text(json.dumps({"key": key, "rows": len(dataset), "what": description}),
+                                       encoding="utf-8")
+            target = self.folder(key)
+            if self.load(key) is not None:
+                return self.load(key)  # another process wrote the same key meanwhile: keep theirs
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)  # an interrupted earlier write (no marker)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if self.load(key) is None:
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.load(key)
+
+    def read_json(self, key: str, name: str) -> Optional[Any]:
+        """A small JSON side result stored next to the prepared dataset `key` (None when absent)."""
+        path = self.folder(key) / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def write_json(self, key: str, name: str, value: Any) -> None:
+        if not self.write or not (self.folder(key) / _MARKER).is_file():
+            return
+        path = self.folder(key) / name
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(value, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
