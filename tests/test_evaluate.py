@@ -130,11 +130,11 @@ def test_held_out_prompts_from_preference_pairs():
 
     pairs = Dataset.from_dict({"prompt": [PROMPT, PROMPT], "chosen": [[{"role": "assistant", "content": "Nzuri"}]] * 2,
                                "rejected": [[{"role": "assistant", "content": "Good"}]] * 2,
-                               "language": ["sw", "sw"], "id": ["a", "b"]})
-    held = evaluate.held_out_prompts(SimpleNamespace(eval=pairs), None)
+                               "language": ["sw", "sw"], "task": ["chat"] * 2, "source": ["s"] * 2, "id": ["a", "b"]})
+    held = evaluate.held_out_prompts(SimpleNamespace(train=pairs, eval=pairs), None)
     assert held == {"prompt": [PROMPT, PROMPT], "language": ["sw", "sw"], "id": ["a", "b"]}
     with pytest.raises(ValueError, match="eval split is empty"):
-        evaluate.held_out_prompts(SimpleNamespace(eval=pairs.select([])), None)
+        evaluate.held_out_prompts(SimpleNamespace(train=pairs, eval=pairs.select([])), None)
 
 
 def test_reward_model_judge_is_antisymmetric(run_layout):
