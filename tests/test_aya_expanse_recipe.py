@@ -49,7 +49,8 @@ def test_language_family_branch_keeps_the_full_sets_held_out_rows(cache_dir, tmp
 def test_real_size_recipe_composes():
     cfg = compose_recipe("aya-expanse")
     assert cfg.model.name_or_path == "CohereLabs/aya-expanse-8b"
-    assert list(cfg.stages) == ["sft", "reward", "dpo_european", "dpo_slavic_greek", "dpo_asian", "merged", "evaluate"]
+    assert list(cfg.stages) == ["sft", "reward", "dpo_european", "dpo_slavic_greek", "dpo_asian", "merged", "evaluate",
+                                "export"]
     assert cfg.stages.merged.models == ["dpo_european", "dpo_slavic_greek", "dpo_asian"]
     families = [set(cfg.data[name].languages) for name in ("european", "slavic_greek", "asian")]
     assert set().union(*families) == set(cfg.data.all.languages) and sum(map(len, families)) == 23
@@ -63,12 +64,12 @@ def expanse_run(tmp_path_factory, cache_dir):
     return out / "aya-expanse-tiny", time.monotonic() - started
 
 
-@pytest.mark.slow  # the whole chain, six stages on a shrunk tiny model: ~1 min on 2 cores
+@pytest.mark.slow  # the whole chain, seven stages on a shrunk tiny model: ~1 min on 2 cores
 def test_tiny_chain_runs_from_sft_through_merge_to_evaluation(expanse_run):
     run_dir, seconds = expanse_run
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert [manifest["stages"][s]["status"] for s in ("sft", "reward", "dpo_european", "dpo_asian", "merged", "evaluate")] \
-        == ["done"] * 6
+    stages = ("sft", "reward", "dpo_european", "dpo_asian", "merged", "evaluate", "export")
+    assert [manifest["stages"][s]["status"] for s in stages] == ["done"] * len(stages)
     results = json.loads((run_dir / "evaluate" / "win_rates.json").read_text())
     assert list(results["models"]) == ["sft", "dpo_european", "dpo_asian", "merged"]
     assert results["judge"] == "reward" and results["baseline"] == "sft"
@@ -79,6 +80,10 @@ def test_tiny_chain_runs_from_sft_through_merge_to_evaluation(expanse_run):
         assert set(entry["language_fidelity"]) == set(results["prompts_per_language"])
     assert all(r["win_rate"] == 0.5 for r in results["models"]["sft"]["win_rates"].values())
     assert (run_dir / "evaluate" / "win_rates.png").is_file() and (run_dir / "evaluate" / "win_rates.md").is_file()
+    # The exported merged model's card carries the evaluation; report.md shows the chart.
+    card = next((run_dir / "export").rglob("README.md")).read_text()
+    assert "Stage `evaluate` (evaluate)" in card and "merged win_rate" in card
+    assert "evaluate/win_rates.png" in (run_dir / "report.md").read_text()
     print(f"aya-expanse-tiny: {seconds:.1f} s; merged vs sft: {results['models']['merged']['win_rates']['all']}")
 
 
