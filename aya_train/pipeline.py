@@ -91,8 +91,14 @@ class DataCache:
         if self._tokenizer is None:
             from aya_train.modeling import load_tokenizer
 
+            state = process_state()
+            if self.cfg.run.dry_run and state.num_processes > 1:
+                # only the main process prints a dry run: base_model_path's barrier would wait for the others
+                log.warning("data: dry run under several processes; token counts are left out of the data report")
+                self._tokenizer = False
+                return None
             try:
-                self._tokenizer = load_tokenizer(self.cfg.model, base_model_path(self.cfg, process_state()))
+                self._tokenizer = load_tokenizer(self.cfg.model, base_model_path(self.cfg, state))
             except (OSError, ValueError) as exc:  # e.g. a hub model while offline: rows are still counted
                 log.warning("data: no tokenizer (%s); token counts are left out of the data report", exc)
                 self._tokenizer = False

@@ -104,8 +104,13 @@ def test_token_budget_through_the_run(tmp_path, cache_dir, tiny_model):
                                   "data.sft.mixture.budget=60000", "data.sft.mixture.language.alpha=0.0",
                                   "data.sft.mixture.language.max_epochs=null"])
     data = DataCache(cfg)("sft")
-    used = int((data.plan.repeats * data.train_tokens).sum())
-    assert abs(used - 60000) <= data.train_tokens.max()
+    used = int((data.plan.repeats * data.available_tokens).sum())
+    assert abs(used - 60000) <= data.available_tokens.max()
+    assert len(data.train_tokens) == data.train.num_rows and int(data.train_tokens.sum()) == used
+    tok = DataCache(cfg).tokenizer()
+    for i in range(0, data.train.num_rows, max(1, data.train.num_rows // 7)):  # aligned row by row
+        ids = tok.apply_chat_template(data.train[i]["messages"], return_dict=True)["input_ids"]
+        assert len(ids) == data.train_tokens[i]
     assert data.plan.digest == report["plan_digest"]  # the same plan in every process
     shares = report["languages"]
     assert all(abs(v["realised_share"] - 1 / len(shares)) <= 0.005 for v in shares.values())

@@ -73,8 +73,8 @@ class LoadedData:
     """Canonical records split into train and eval, with their summary.
 
     `available` is the train split as read; `train` is what the stage trains on (the mixture plan's rows of
-    `available`, repeats included; the same object when no plan was applied). `train_tokens` holds the
-    token length of each `available` row when a tokenizer was given.
+    `available`, repeats included; the same object when no plan was applied). With a tokenizer,
+    `train_tokens[i]` is the token length of `train[i]` and `available_tokens[i]` that of `available[i]`.
     """
 
     train: Dataset
@@ -83,12 +83,13 @@ class LoadedData:
     kind: str = CONVERSATION
     train_tokens: Optional[np.ndarray] = None
     available: Optional[Dataset] = None
+    available_tokens: Optional[np.ndarray] = None
     plan: Any = None  # aya_train.data.mixture.MixturePlan once a mixture was applied
     report_dir: Any = None  # where the data report was written (run directory only)
 
     def __post_init__(self) -> None:
         if self.available is None:
-            self.available = self.train
+            self.available, self.available_tokens = self.train, self.train_tokens
 
     @cached_property
     def fingerprint(self) -> str:

@@ -268,11 +268,13 @@ def _realise(leaf: np.ndarray, unit_size: Optional[np.ndarray], rows: np.ndarray
 
 
 def apply_mixture(data: Any, cfg: Any, seed: int) -> None:
-    """Plan the mixture over `data.available` and set `data.train` to the planned rows and `data.plan`."""
+    """Plan the mixture over `data.available`; set `data.train` (and `data.train_tokens`) to the planned rows."""
     table = data.available.data.table if hasattr(data.available.data, "table") else data.available.data
     labels = {lv: table.column(lv) for lv in LEVELS}
     if data.available.num_rows == 0:
         return
-    plan = plan_mixture(labels, cfg, seed, sizes=data.train_tokens)
+    plan = plan_mixture(labels, cfg, seed, sizes=data.available_tokens)
     data.plan = plan
     data.train = data.available if plan.is_identity else data.available.select(plan.indices)
+    if data.available_tokens is not None:  # lengths stay aligned with the rows they describe
+        data.train_tokens = data.available_tokens if plan.is_identity else data.available_tokens[plan.indices]

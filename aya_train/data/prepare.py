@@ -43,7 +43,7 @@ def prepare_data_set(cfg: Any, name: str, run_root: Path, is_main: bool,
     ds = cfg.data[name]
     out = mixture_report_dir(run_root, name)
     path = out / QUARANTINE_FILE if is_main and ds.on_error == SKIP else None
-    quarantine = Quarantine(ds.on_error, path)
+    quarantine = Quarantine(ds.on_error, path, keep_entries=is_main)  # other ranks only count
     tok = tokenizer()
     if tok is None and needs_tokens(ds):
         raise ValueError(f"data.{name}.mixture.unit is tokens but the model's tokenizer could not be loaded")

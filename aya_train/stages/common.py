@@ -205,6 +205,8 @@ def train_resumable(trainer, metrics_path: Optional[Path] = None) -> None:
 
     Half-written checkpoints are deleted, and metrics.jsonl (default: next to checkpoints/) is cut back to
     the resumed checkpoint, so the log reads as if the run had never stopped."""
+    from aya_train.metrics.per_language import read_metrics
+
     state = PartialState()
     output_dir = Path(trainer.args.output_dir)
     metrics_path = metrics_path or output_dir.parent / "metrics.jsonl"
@@ -221,6 +223,10 @@ def train_resumable(trainer, metrics_path: Optional[Path] = None) -> None:
         log.info("resuming from %s", last)
         # The first evaluation was logged before the kill; repeating it would log step N twice.
         trainer.args.eval_on_start = False
+        if hasattr(trainer, "_total_train_tokens"):
+            # trl counts trained tokens in the trainer, not in the checkpoint: carry the count on from the log.
+            counts = [r["train/num_tokens"] for r in read_metrics(metrics_path) if "train/num_tokens" in r]
+            trainer._total_train_tokens = counts[-1] if counts else 0
     trainer.train(resume_from_checkpoint=str(last) if last else None)
 
 
