@@ -211,3 +211,23 @@ def test_metrics_log_is_cut_back_to_the_resumed_checkpoint(tmp_path):
     assert metrics.read_text() == "".join(lines[:4])
     truncate_metrics(metrics, None)  # starting afresh
     assert not metrics.exists()
+
+
+def test_report_to_is_checked_up_front_and_passed_to_the_trainer(tmp_path, _cfg, monkeypatch):
+    import transformers.integrations as integrations
+    from trl import SFTConfig
+
+    from aya_train.pipeline import process_state
+    from aya_train.stages.common import StageContext, trainer_args
+
+    if "tensorboard" not in integrations.get_available_reporting_integrations():
+        with pytest.raises(ConfigError, match="run.report_to: `tensorboard` is not installed; `pip install tensorboard`"):
+            _cfg("run.report_to=[tensorboard]")
+    # as if it were installed: the name reaches the trl config unchanged
+    monkeypatch.setattr(integrations, "get_available_reporting_integrations", lambda: ["tensorboard", "wandb"])
+    cfg = _cfg("run.report_to=[tensorboard,wandb]")
+    ctx = StageContext("sft", cfg.stages.sft, cfg, run_dir_for(cfg), "", None, process_state())
+    assert list(trainer_args(ctx, SFTConfig, has_eval=False).report_to) == ["tensorboard", "wandb"]
+    off = _cfg()
+    ctx = StageContext("sft", off.stages.sft, off, run_dir_for(off), "", None, process_state())
+    assert trainer_args(ctx, SFTConfig, has_eval=False).report_to in ([], "none", ["none"])
