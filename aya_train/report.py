@@ -199,6 +199,6 @@ def write_run_report(cfg: DictConfig, run_dir) -> None:
         if table:
             lines += ["", "### Per language", "", table]
         plots = plot_eval_metrics(stage_dir / "metrics.jsonl", stage_dir / "plots") if entry.get("status") == "done" else []
-        for path in plots:
+        for path in plots + sorted(stage_dir.glob("*.png")):  # + charts a stage draws itself (evaluate's win-rates)
             lines += ["", f"![{path.stem}]({path.relative_to(run_dir.root).as_posix()})"]
     atomic_write_text(run_dir.root / "report.md", "\n".join(lines) + "\n")
