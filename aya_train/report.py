@@ -114,8 +114,14 @@ def _md_table(rows: Dict[str, Dict[str, object]], first: str = "language") -> st
     return "\n".join(lines)
 
 
+# Plotted first when a stage logs them (at most `max_plots` per stage).
+_PLOT_FIRST = ("loss", "reward_accuracy", "reward_margin", "reward_mean", "language_fidelity", "win_rate",
+               "mean_token_accuracy")
+
+
 def plot_eval_metrics(metrics_path, out_dir, max_plots: int = 4) -> List:
-    """One PNG per eval metric logged per language (eval/<metric>/<lang> over steps); returns their paths."""
+    """One PNG per metric logged per language (`<split>/<metric>/<lang>` over the steps, split eval or rl),
+    the informative ones first; returns their paths."""
     from pathlib import Path
 
     from aya_train.metrics.per_language import read_metrics
@@ -124,8 +130,9 @@ def plot_eval_metrics(metrics_path, out_dir, max_plots: int = 4) -> List:
     for record in read_metrics(Path(metrics_path)):
         for key, value in record.items():
             parts = key.split("/")
-            if len(parts) == 3 and parts[0] == "eval" and not parts[2].startswith("task:") and isinstance(value, (int, float)):
-                series.setdefault(parts[1], {}).setdefault(parts[2], []).append((record["step"], value))
+            if (len(parts) == 3 and parts[0] in ("eval", "rl") and not parts[2].startswith("task:")
+                    and isinstance(value, (int, float))):
+                series.setdefault(f"{parts[0]}/{parts[1]}", {}).setdefault(parts[2], []).append((record["step"], value))
     series = {metric: langs for metric, langs in series.items() if any(len(points) > 1 for points in langs.values())}
     if not series:
         return []
@@ -134,20 +141,24 @@ def plot_eval_metrics(metrics_path, out_dir, max_plots: int = 4) -> List:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def rank(metric: str) -> tuple:
+        name = metric.split("/", 1)[1]
+        return (_PLOT_FIRST.index(name) if name in _PLOT_FIRST else len(_PLOT_FIRST), metric)
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for metric in sorted(series, key=lambda m: (m != "loss", m))[:max_plots]:
+    for metric in sorted(series, key=rank)[:max_plots]:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for lang, points in sorted(series[metric].items()):
             steps, values = zip(*sorted(points))
             ax.plot(steps, values, marker=".", linewidth=1, label=lang)
         ax.set_xlabel("step")
-        ax.set_ylabel(f"eval/{metric}")
-        ax.set_title(f"eval/{metric} per language")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} per language")
         ax.legend(fontsize=6, ncol=max(1, len(series[metric]) // 12), loc="best")
         fig.tight_layout()
-        path = out_dir / f"eval_{metric.replace('/', '_')}.png"
+        path = out_dir / f"{metric.replace('/', '_')}.png"
         tmp = path.with_name(f".{path.name}.tmp.png")
         fig.savefig(tmp, dpi=90)
         plt.close(fig)

@@ -207,3 +207,15 @@ def test_lora_adapter_is_merged_into_the_exported_weights(tmp_path, cache_dir):
         expected = AutoPeftModelForCausalLM.from_pretrained(adapter_dir)(ids).logits
         got = AutoModelForCausalLM.from_pretrained(folder)(ids).logits
     assert torch.allclose(expected, got, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_run_report_has_every_stage_with_its_language_table_and_plots(exported):
+    report = (exported / "report.md").read_text()
+    assert "## Stage `sft` (sft)" in report and "## Stage `export` (export)" in report
+    table = json.loads((exported / "sft" / "languages.json").read_text())
+    for lang, row in table.items():
+        assert f"| {lang} | {row['rows']} | {row['tokens']} |" in report
+    assert "![eval_loss](sft/plots/eval_loss.png)" in report
+    png = (exported / "sft" / "plots" / "eval_loss.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
