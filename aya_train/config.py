@@ -15,6 +15,8 @@ from omegaconf import MISSING
 
 # Field metadata marking a value that names an earlier stage; the pipeline checks and orders by it.
 STAGE_REF = {"stage_ref": True}
+# The same, for a reference the stage cannot do without (validation fails while it is null).
+REQUIRED_STAGE_REF = {"stage_ref": True, "required": True}
 
 
 @dataclass
@@ -29,6 +31,13 @@ class RunConfig:
     dry_run: bool = False
     # Run only these stages (by name); finished stages they depend on are reused from the run directory.
     only: Optional[List[str]] = None
+    # Run this stage and every stage after it; earlier finished stages are reused. (`from` is a Python
+    # keyword, hence the name.) Use either `only` or `from_stage`, not both.
+    from_stage: Optional[str] = None
+    # A stage whose config or inputs changed since its outputs (DONE or checkpoints) were written is
+    # refused, so that finished work is never overwritten by accident; true discards those outputs and
+    # runs the stage (and the stages reading it) again.
+    force: bool = False
     # Trainer loggers, passed to transformers' `report_to` (e.g. [tensorboard], [wandb]); [] logs to files only.
     report_to: List[str] = field(default_factory=list)
     # Folder for caches shared across runs (built tiny models); default `<output_dir>/.cache`.
@@ -302,6 +311,79 @@ class SamplingConfig:
 
 
 @dataclass
+class RewardStageConfig(StageConfig):
+    """Reward model over trl's RewardTrainer: a sequence classifier scoring (prompt, reply). Trained on
+    preference pairs; a conversation data set is turned into in-language vs other-language pairs."""
+
+    kind: str = "reward"
+
+
+@dataclass
+class DPOStageConfig(StageConfig):
+    """Offline preference optimisation over trl's DPOTrainer (the DPO family: any of trl's loss types)."""
+
+    kind: str = "dpo"
+    # Reference model: an earlier stage (a LoRA adapter is merged into its base first), or null for the
+    # model the policy starts from (`init`).
+    ref_model: Optional[str] = field(default=None, metadata=STAGE_REF)
+    # Strength of the pull towards the reference (DPO's beta; IPO's regularisation).
+    beta: float = 0.1
+    # trl loss types, e.g. [sigmoid], [ipo], [sigmoid, sft] (RPO-style); several are summed with loss_weights.
+    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])
+    # One weight per loss_type entry; null weighs each 1.0.
+    loss_weights: Optional[List[float]] = None
+    # Compute the reference log-probs once, before training, and cache them in `<stage>/cache/`: the reference
+    # model is then not kept in memory, and a rerun (resume, or another beta) reuses them.
+    precompute_ref_log_probs: bool = True
+    # Measure the language fidelity of the init and the trained policy on the held-out prompts.
+    measure_fidelity: bool = True
+    # How held-out responses are sampled for that measurement.
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class RLStageConfig(StageConfig):
+    """Online RL over trl's RLOOTrainer (k samples per prompt, leave-one-out baseline, reward - beta * KL to
+    the init policy) or GRPOTrainer. The data set gives the prompts (and their `language`)."""
+
+    kind: str = "rl"
+    # Online trainer: rloo or grpo.
+    algorithm: str = "rloo"
+    # A reward stage whose model scores each (prompt, response); null for reward functions only.
+    reward_model: Optional[str] = field(default=None, metadata={**STAGE_REF, "kinds": ("reward",)})
+    # Weight of the reward model's score in the summed reward.
+    reward_model_weight: float = 1.0
+    # Reward functions and their weights: the built-in `language_fidelity` (1 when the response is in the
+    # prompt's language), or `package.module:function` with trl's reward-function signature.
+    reward_functions: Dict[str, float] = field(default_factory=dict)
+    # Responses sampled per prompt (RLOO's k; the leave-one-out baseline needs at least 2).
+    num_generations: int = 4
+    # KL coefficient towards the init policy.
+    beta: float = 0.05
+    # Longest sampled response during training, in tokens.
+    max_completion_length: int = 48
+    # Measure the language fidelity of the init and the trained policy on the held-out prompts.
+    measure_fidelity: bool = True
+    # How held-out responses are sampled for that measurement.
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    @staticmethod
+    def check(node: Any) -> None:
+        """Cross-field checks (run by recipe.validate); ValueError('<key>: <what to do>')."""
+        if node.algorithm not in ("rloo", "grpo"):
+            raise ValueError(f"algorithm: `{node.algorithm}` is not an online trainer; use rloo or grpo")
+        if node.reward_model is None and not node.reward_functions:
+            raise ValueError("reward_model: the stage has no reward; name a reward stage and/or set "
+                             "reward_functions, e.g. {language_fidelity: 1.0}")
+        if node.num_generations < 2:
+            raise ValueError(f"num_generations: {node.num_generations} gives no leave-one-out baseline; use 2 or more")
+        for name in node.reward_functions:
+            if name != "language_fidelity" and ":" not in name:
+                raise ValueError(f"reward_functions.{name}: use the built-in `language_fidelity` or an import "
+                                 "path `package.module:function`")
+
+
+@dataclass
 class JudgeEndpointConfig:
     """An LLM judge behind an OpenAI-compatible endpoint (e.g. `vllm serve`); off unless base_url is set."""
 
@@ -371,6 +453,41 @@ class EvaluateStageConfig:
 
 
 @dataclass
+class ExportStageConfig:
+    # Stage kind; set by the `/stage@stages.NAME: export` defaults entry.
+    kind: str = "export"
+    # The earlier stage whose model is exported (LoRA adapters are merged into the base weights).
+    model: Optional[str] = field(default=None, metadata=REQUIRED_STAGE_REF)
+    # Largest safetensors file; bigger models are split into shards with an index (transformers' format).
+    max_shard_size: str = "5GB"
+    # GenerationConfig fields saved with the model (e.g. {temperature: 0.7, top_p: 0.9, max_new_tokens: 512});
+    # eos and pad always come from the tokenizer.
+    generation: Dict[str, Any] = field(default_factory=dict)
+    # Hub license identifier for the model card (e.g. apache-2.0, cc-by-nc-4.0); null leaves it unset.
+    license: Optional[str] = None
+    # Extra model card tags; `aya-train`, `multilingual` and the stage kinds are always added.
+    tags: List[str] = field(default_factory=list)
+    # Upload the exported folder with huggingface_hub. The token comes from HF_TOKEN or `hf auth login`
+    # and is never written anywhere.
+    push_to_hub: bool = False
+    # Hub repository `owner/name` to push to (created when missing).
+    hub_model_id: Optional[str] = None
+    # Create the repository private (only when it does not exist yet).
+    hub_private_repo: bool = True
+    # Branch to push to (created from main when missing); null = main.
+    hub_revision: Optional[str] = None
+    # List the files push_to_hub would upload, and where, without touching the network.
+    hub_dry_run: bool = False
+
+    @staticmethod
+    def check(node: Any) -> None:
+        """Cross-field checks (run by recipe.validate); ValueError('<key>: <what to do>')."""
+        from aya_train.stages.export import check_config
+
+        check_config(node)
+
+
+@dataclass
 class AyaConfig:
     # How and where this run executes.
     run: RunConfig = field(default_factory=RunConfig)
@@ -383,8 +500,15 @@ class AyaConfig:
 
 
 # Stage kind -> its schema; the registry in aya_train.stages maps the same kinds to their runners.
-STAGE_SCHEMAS: Dict[str, type] = {"sft": SFTStageConfig, "merge": MergeStageConfig,
-                                  "evaluate": EvaluateStageConfig}
+STAGE_SCHEMAS: Dict[str, type] = {
+    "sft": SFTStageConfig,
+    "reward": RewardStageConfig,
+    "dpo": DPOStageConfig,
+    "rl": RLStageConfig,
+    "merge": MergeStageConfig,
+    "evaluate": EvaluateStageConfig,
+    "export": ExportStageConfig,
+}
 
 
 def register_configs() -> None:

@@ -29,8 +29,18 @@ def tiny_model(cache_dir) -> str:
     return base_model_path(cfg, process_state())
 
 
-def quick_overrides(out: Path, cache_dir: Path, steps: int = 24) -> list[str]:
-    """The demo recipe shrunk to seconds: few steps, small eval."""
+def demo_stages() -> list[str]:
+    """Stage names of recipes/demo.yaml, in order (from its `/stage@stages.NAME: KIND` defaults)."""
+    import yaml
+
+    defaults = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())["defaults"]
+    return [key.split("@stages.")[1] for entry in defaults if isinstance(entry, dict)
+            for key in entry if "@stages." in key]
+
+
+def quick_overrides(out: Path, cache_dir: Path, steps: int = 24, keep: tuple = ("sft",)) -> list[str]:
+    """The demo recipe shrunk to seconds: only the `keep` stages, few SFT steps, small eval."""
+    dropped = [f"~stages.{name}" for name in demo_stages() if name not in keep]
     return [f"run.output_dir={out}", f"run.cache_dir={cache_dir}", f"stages.sft.max_steps={steps}",
             "stages.sft.eval_steps=12", "stages.sft.save_steps=12", "stages.sft.logging_steps=4",
-            "data.sft.max_eval_rows_per_language=4"]
+            "data.sft.max_eval_rows_per_language=4", *dropped]

@@ -72,7 +72,7 @@ def test_preference_shapes_become_one_canonical_record(tmp_path, row):
         data = load(tmp_path, [row], fmt, kind)
         assert data.kind == "preference"
         assert data.train.column_names == ["prompt", "chosen", "rejected", "language", "task", "source", "id",
-                                           "language_inferred"]
+                                           "language_inferred", "language_confidence"]
         [rec] = data.train.to_list()
         assert rec["prompt"] == PROMPT
         assert rec["chosen"] == [{"role": "assistant", "content": A_SW}]

@@ -159,3 +159,12 @@ def test_bad_settings_name_the_key():
         check_mixture(MixtureConfig(unit="rows"))
     with pytest.raises(MixtureError, match="tokens but no token lengths"):
         plan_mixture(labels(), mixture(unit="tokens"), seed=0)
+
+
+def test_readme_worked_example():
+    sizes = {"en": 8000, "sw": 2000, "yo": 500, "th": 100}
+    plan = plan_mixture(labels(sizes), mixture(alpha=0.5, max_epochs=4.0), seed=0)
+    got = {g[1]: (int(r), int(d)) for g, r, d in zip(plan.groups, plan.realised_rows, plan.distinct_rows)}
+    assert got == {"en": (5486, 5486), "sw": (2743, 2000), "yo": (1371, 500), "th": (400, 100)}
+    assert np.allclose(sorted(plan.target), sorted([9600 * 89.4427 / 156.5248, 9600 * 44.7214 / 156.5248,
+                                                    9600 * 22.3607 / 156.5248, 400]), atol=0.1)

@@ -8,9 +8,10 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+import pyarrow as pa
 from datasets import Dataset, Features, List as ListFeature, Value
 
 from aya_train.config import DataSetConfig, SourceConfig
@@ -29,7 +30,7 @@ DEMO_CORPUS = "pkg://chatterbot_corpus/data"
 
 _MESSAGES = ListFeature({"role": Value("string"), "content": Value("string")})
 _LABELS = {"language": Value("string"), "task": Value("string"), "source": Value("string"), "id": Value("string"),
-           "language_inferred": Value("bool")}
+           "language_inferred": Value("bool"), "language_confidence": Value("float32")}
 CONVERSATION_FEATURES = Features({"messages": _MESSAGES, **_LABELS})
 PREFERENCE_FEATURES = Features({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES, **_LABELS})
 FEATURES = {CONVERSATION: CONVERSATION_FEATURES, PREFERENCE: PREFERENCE_FEATURES}
@@ -48,6 +49,8 @@ class DataSummary:
     excluded: Dict[str, int] = field(default_factory=dict)  # reason -> rows not loaded (by design, e.g. hinglish)
     adjusted: Dict[str, int] = field(default_factory=dict)  # change made -> rows loaded after that change
     language_inferred: int = 0  # rows whose language was identified from the text
+    # language -> {"rows": identified rows, "mean_confidence": their mean identification confidence}
+    inferred_by_language: Dict[str, Dict[str, float]] = field(default_factory=dict)
     kind: str = CONVERSATION
     # Bad rows (on_error: skip): total, per reason, per reason and language, and the quarantine file.
     quarantined: Dict[str, Any] = field(default_factory=dict)
@@ -61,7 +64,7 @@ class DataSummary:
         """JSON-ready form for manifests and reports."""
         return {"kind": self.kind, "train": self.train, "eval": self.eval, "excluded": self.excluded,
                 "adjusted": self.adjusted, "language_inferred": self.language_inferred,
-                "quarantined": self.quarantined, "max_length": self.max_length, "over_length": self.over_length,
+                "inferred_by_language": self.inferred_by_language, "quarantined": self.quarantined, "max_length": self.max_length, "over_length": self.over_length,
                 "rows_by_language": self.rows_by_language, "fertility": self.fertility}
 
 
@@ -70,8 +73,8 @@ class LoadedData:
     """Canonical records split into train and eval, with their summary.
 
     `available` is the train split as read; `train` is what the stage trains on (the mixture plan's rows of
-    `available`, repeats included; the same object when no plan was applied). `train_tokens` holds the
-    token length of each `available` row when a tokenizer was given.
+    `available`, repeats included; the same object when no plan was applied). With a tokenizer,
+    `train_tokens[i]` is the token length of `train[i]` and `available_tokens[i]` that of `available[i]`.
     """
 
     train: Dataset
@@ -80,12 +83,13 @@ class LoadedData:
     kind: str = CONVERSATION
     train_tokens: Optional[np.ndarray] = None
     available: Optional[Dataset] = None
+    available_tokens: Optional[np.ndarray] = None
     plan: Any = None  # aya_train.data.mixture.MixturePlan once a mixture was applied
     report_dir: Any = None  # where the data report was written (run directory only)
 
     def __post_init__(self) -> None:
         if self.available is None:
-            self.available = self.train
+            self.available, self.available_tokens = self.train, self.train_tokens
 
     @cached_property
     def fingerprint(self) -> str:
@@ -131,10 +135,9 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
     on_error = getattr(ds, "on_error", RAISE)
     quarantine = quarantine or Quarantine(on_error)
     build = record_builder(kind)
-    records: List[Record] = []
-    locations: List[str] = []
     excluded: Counter = Counter()
     adjusted: Counter = Counter()
+    rows = _Collector(kind, tokenizer, max_length, getattr(ds, "over_length", "truncate"), quarantine, adjusted)
     keep_languages = {normalize_language(lang) for lang in ds.languages} if getattr(ds, "languages", None) else None
     for src in ds.sources:
         preset = get_preset(src.format, kind)
@@ -157,30 +160,94 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
                 excluded["language not in the data set's `languages`"] += 1
                 continue
             adjusted.update(notes)
-            records.append(record)
-            locations.append(location)
-    stats, over = None, Counter()
-    if tokenizer is not None and records:
-        stats = token_stats(records, kind, tokenizer)
-        if max_length:
-            records, locations, stats, over = _over_length(records, locations, stats, max_length,
-                                                           getattr(ds, "over_length", "truncate"), quarantine)
-    split_keys = _unique_ids(records, adjusted)
-    held_out = split_by_language([r["language"] for r in records], split_keys, ds.eval_fraction,
-                                 ds.max_eval_rows_per_language, seed)
-    train_idx = [i for i in range(len(records)) if i not in held_out]
-    train_rows = [records[i] for i in train_idx]
-    eval_rows = [r for i, r in enumerate(records) if i in held_out]
+            rows.add(record, location)
+    table, stats = rows.finish()
+    held = np.zeros(table.num_rows, dtype=bool)
+    held[sorted(split_by_language(rows.languages, rows.keys, ds.eval_fraction, ds.max_eval_rows_per_language,
+                                  seed))] = True
+    train_idx, eval_idx = np.flatnonzero(~held), np.flatnonzero(held)
+    labels = list(zip(rows.languages, rows.tasks))
     summary = DataSummary(
-        train=_counts(train_rows), eval=_counts(eval_rows), excluded=dict(sorted(excluded.items())),
-        adjusted=dict(sorted(adjusted.items())), language_inferred=sum(r["language_inferred"] for r in records),
-        kind=kind, quarantined=quarantine.to_dict(), max_length=max_length if stats is not None else None,
-        over_length=dict(sorted(over.items())),
-        rows_by_language=dict(sorted(Counter(r["language"] for r in records).items())),
-        fertility=fertility([r["language"] for r in records], stats) if stats is not None else {},
+        train=_counts([labels[i] for i in train_idx]), eval=_counts([labels[i] for i in eval_idx]),
+        excluded=dict(sorted(excluded.items())), adjusted=dict(sorted(adjusted.items())),
+        language_inferred=rows.inferred, kind=kind,
+        inferred_by_language={lang: {"rows": n, "mean_confidence": rows.confidence[lang] / n}
+                              for lang, n in sorted(rows.inferred_rows.items())}, quarantined=quarantine.to_dict(),
+        max_length=max_length if stats is not None else None, over_length=dict(sorted(rows.over.items())),
+        rows_by_language=dict(sorted(Counter(rows.languages).items())),
+        fertility=fertility(rows.languages, stats) if stats is not None else {},
     )
-    return LoadedData(_to_dataset(train_rows, kind), _to_dataset(eval_rows, kind), summary, kind=kind,
-                      train_tokens=stats.tokens[np.asarray(train_idx, dtype=np.int64)] if stats is not None else None)
+    return LoadedData(_dataset(table.take(train_idx), kind), _dataset(table.take(eval_idx), kind), summary,
+                      kind=kind, train_tokens=stats.tokens[train_idx] if stats is not None else None)
+
+
+class _Collector:
+    """Canonical records in Arrow chunks of CHUNK rows: tokenised, length-checked and id-deduplicated per
+    chunk, so only one chunk of records is ever held as Python objects (the labels are kept per row)."""
+
+    CHUNK = 4096
+
+    def __init__(self, kind, tokenizer, max_length, over_length, quarantine, adjusted):
+        if over_length not in OVER_LENGTH_POLICIES:
+            raise ValueError(f"over_length must be one of {', '.join(OVER_LENGTH_POLICIES)}, got {over_length!r}")
+        self.kind, self.tokenizer, self.max_length, self.policy = kind, tokenizer, max_length, over_length
+        self.quarantine, self.adjusted = quarantine, adjusted
+        self.schema = FEATURES[kind].arrow_schema
+        self.chunks: List[Any] = []
+        self.stats: List[TokenStats] = []
+        self.languages: List[str] = []
+        self.tasks: List[str] = []
+        self.keys: List[str] = []  # split keys: the id before any #N suffix, so identical rows share a side
+        self.seen: Counter = Counter()
+        self.over: Counter = Counter()
+        self.inferred = 0
+        self.inferred_rows: Counter = Counter()  # language -> rows identified from the text
+        self.confidence: Counter = Counter()  # language -> sum of their identification confidences
+        self.batch: List[Record] = []
+        self.locations: List[str] = []
+
+    def add(self, record: Record, location: str) -> None:
+        self.batch.append(record)
+        self.locations.append(location)
+        if len(self.batch) >= self.CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, locations = self.batch, self.locations
+        self.batch, self.locations = [], []
+        if not batch:
+            return
+        if self.tokenizer is not None:
+            stats = token_stats(batch, self.kind, self.tokenizer)
+            if self.max_length:
+                batch, locations, stats, over = _over_length(batch, locations, stats, self.max_length, self.policy,
+                                                             self.quarantine)
+                self.over.update(over)
+            self.stats.append(stats)
+        for record in batch:
+            self.keys.append(record["id"])
+            self.seen[record["id"]] += 1
+            if self.seen[record["id"]] > 1:  # identical conversation (or row id) again: kept, id made unique
+                record["id"] = f"{record['id']}#{self.seen[record['id']]}"
+                self.adjusted["repeated conversation or row id; kept, id suffixed #N"] += 1
+            self.languages.append(record["language"])
+            self.tasks.append(record["task"])
+            if record["language_inferred"]:
+                self.inferred += 1
+                self.inferred_rows[record["language"]] += 1
+                self.confidence[record["language"]] += record["language_confidence"]
+        self.chunks.append(pa.Table.from_pylist(batch, schema=self.schema))
+
+    def finish(self):
+        """(Arrow table of every record, TokenStats or None)."""
+        self._flush()
+        table = pa.concat_tables(self.chunks) if self.chunks else self.schema.empty_table()
+        if self.tokenizer is None:
+            return table, None
+        fields = ("tokens", "longest", "content_tokens", "chars", "words")
+        if not self.stats:
+            return table, TokenStats(*(np.zeros(0, np.int64) for _ in fields))
+        return table, TokenStats(*(np.concatenate([getattr(s, f) for s in self.stats]) for f in fields))
 
 
 def _over_length(records, locations, stats: TokenStats, max_length: int, policy: str, quarantine: Quarantine):
@@ -203,18 +270,6 @@ def _over_length(records, locations, stats: TokenStats, max_length: int, policy:
     kept = np.flatnonzero(keep)
     stats = TokenStats(*(getattr(stats, f)[kept] for f in ("tokens", "longest", "content_tokens", "chars", "words")))
     return [records[i] for i in kept], [locations[i] for i in kept], stats, over
-
-
-def _unique_ids(records: List[Record], adjusted: Counter) -> List[str]:
-    """Split keys (the id before any #N suffix, so identical rows share a side); repeated ids get #N."""
-    keys, seen = [], Counter()
-    for record in records:
-        keys.append(record["id"])
-        seen[record["id"]] += 1
-        if seen[record["id"]] > 1:  # identical conversation (or row id) again: kept, id made unique
-            record["id"] = f"{record['id']}#{seen[record['id']]}"
-            adjusted["repeated conversation or row id; kept, id suffixed #N"] += 1
-    return keys
 
 
 def _source_language(src: SourceConfig) -> Optional[str]:
@@ -247,17 +302,19 @@ def split_by_language(languages: Sequence[str], keys: Sequence[str], eval_fracti
     return held_out
 
 
-def _counts(rows: List[Record]) -> Dict[str, Dict[str, int]]:
+def _counts(labels: List[Tuple[str, str]]) -> Dict[str, Dict[str, int]]:
+    """language -> task -> rows, from (language, task) pairs."""
     counts: Dict[str, Counter] = defaultdict(Counter)
-    for row in rows:
-        counts[row["language"]][row["task"]] += 1
+    for language, task in labels:
+        counts[language][task] += 1
     return {lang: dict(sorted(tasks.items())) for lang, tasks in sorted(counts.items())}
 
 
-def _to_dataset(rows: List[Record], kind: str = CONVERSATION) -> Dataset:
-    features = FEATURES[kind]
-    columns = {name: [row[name] for row in rows] for name in features}
-    return Dataset.from_dict(columns, features=features)
+def _dataset(table: Any, kind: str) -> Dataset:
+    from datasets import DatasetInfo
+    from datasets.table import InMemoryTable
+
+    return Dataset(InMemoryTable(table), info=DatasetInfo(features=FEATURES[kind]))
 
 
 def fingerprint(*datasets: Dataset) -> str:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 
 from aya_train.data.loading import LoadedData, load_data
 from aya_train.data.quarantine import QUARANTINE_FILE, SKIP, Quarantine
+from aya_train.data.schema import DataError
 
 log = logging.getLogger("aya_train")
 
@@ -42,7 +43,7 @@ def prepare_data_set(cfg: Any, name: str, run_root: Path, is_main: bool,
     ds = cfg.data[name]
     out = mixture_report_dir(run_root, name)
     path = out / QUARANTINE_FILE if is_main and ds.on_error == SKIP else None
-    quarantine = Quarantine(ds.on_error, path)
+    quarantine = Quarantine(ds.on_error, path, keep_entries=is_main)  # other ranks only count
     tok = tokenizer()
     if tok is None and needs_tokens(ds):
         raise ValueError(f"data.{name}.mixture.unit is tokens but the model's tokenizer could not be loaded")
@@ -56,6 +57,11 @@ def prepare_data_set(cfg: Any, name: str, run_root: Path, is_main: bool,
         data.report_dir = out
         files = write_report(data, name, out)
         record_in_manifest(run_root, name, data, files)
+    if data.available.num_rows == 0:
+        where = f"; the bad rows are in {path}" if quarantine.total and path else ""
+        raise DataError(f"data.{name}", f"no training rows left ({quarantine.total} bad, "
+                        f"{sum(data.summary.excluded.values())} left out by design){where}",
+                        hint="fix the sources or their `format`; the data report lists every reason")
     return data
 
 

@@ -98,3 +98,10 @@ def measure_path(path: str, model_cfg: Any, prompts: Sequence[list], languages: 
 
     out = generate_from_path(path, model_cfg, prompts, settings)
     return fidelity_rates(out.responses, languages, out.record())
+
+
+def measure_policies(policies: Dict[str, str], model_cfg: Any, prompt_rows: Any, settings: Any = None
+                     ) -> Dict[str, FidelityResult]:
+    """{label: result} for each {label: model folder}, all on the same prompts with the same settings and seed."""
+    prompt_list, languages = prompt_rows["prompt"], prompt_rows["language"]
+    return {label: measure_path(path, model_cfg, prompt_list, languages, settings) for label, path in policies.items()}

@@ -40,6 +40,9 @@ class PerLanguageTrainerMixin(Trainer):
     metrics trl adds in its own `log` and can attribute them to the subset being evaluated."""
 
     _eval_group: Optional[str] = None
+    # trl metric name -> the documented name (e.g. RewardTrainer's `accuracy` -> `reward_accuracy`), applied
+    # to training logs and every eval group alike.
+    metric_renames: Dict[str, str] = {}
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         if isinstance(eval_dataset if eval_dataset is not None else self.eval_dataset, dict):
@@ -55,6 +58,8 @@ class PerLanguageTrainerMixin(Trainer):
         if group is not None:
             logs = {_rename(key, group): value for key, value in logs.items()
                     if group == ALL or not key.endswith(_PER_GROUP_NOISE)}
+        if self.metric_renames:
+            logs = {_apply_renames(key, self.metric_renames): value for key, value in logs.items()}
         super().log(logs, start_time)
 
 
@@ -64,6 +69,16 @@ def _rename(key: str, group: str) -> str:
         return key
     metric = key.removeprefix(f"eval_{group}_") if key.startswith(f"eval_{group}_") else key.removeprefix("eval_")
     return f"eval_{metric}" if group == ALL else f"eval_{metric}/{group}"
+
+
+def _apply_renames(key: str, renames: Dict[str, str]) -> str:
+    """eval_accuracy/sw -> eval_reward_accuracy/sw and accuracy -> reward_accuracy for {accuracy: reward_accuracy}."""
+    prefix = "eval_" if key.startswith("eval_") else ""
+    body = key[len(prefix):]
+    for old, new in renames.items():
+        if body == old or body.startswith(old + "/"):
+            return prefix + new + body[len(old):]
+    return key
 
 
 def canonical(key: str) -> str:

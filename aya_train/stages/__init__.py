@@ -5,12 +5,18 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Optional
 
-# kind -> (module with `run(ctx) -> StageResult`, trl config class name used for `args` checks)
+# kind -> (module with `run(ctx) -> StageResult`, trl config class name used for `args` checks, or None
+# for a stage that trains nothing and has no `args`)
 _REGISTRY = {
     "sft": ("aya_train.stages.sft", "SFTConfig"),
+    "reward": ("aya_train.stages.reward", "RewardConfig"),
+    "dpo": ("aya_train.stages.dpo", "DPOConfig"),
+    # `args` are checked against RLOOConfig; stages.NAME.algorithm=grpo trains with GRPOConfig.
+    "rl": ("aya_train.stages.rl", "RLOOConfig"),
     # Stages without a trl trainer: no `args` passthrough.
     "merge": ("aya_train.stages.merge", None),
     "evaluate": ("aya_train.stages.evaluate", None),
+    "export": ("aya_train.stages.export", None),
 }
 
 
