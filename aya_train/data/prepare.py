@@ -54,9 +54,12 @@ def prepare_data_set(cfg: Any, name: str, run_root: Path, is_main: bool,
         log.warning("data set %s: %d bad row(s) quarantined in %s (%s)", name, quarantine.total, path or "memory",
                     ", ".join(f"{k}: {v}" for k, v in quarantine.counts.items()))
     if is_main:
+        from aya_train.report import print_mixture
+
         data.report_dir = out
         files = write_report(data, name, out)
         record_in_manifest(run_root, name, data, files)
+        print_mixture(name, data)
     if data.available.num_rows == 0:
         where = f"; the bad rows are in {path}" if quarantine.total and path else ""
         raise DataError(f"data.{name}", f"no training rows left ({quarantine.total} bad, "
