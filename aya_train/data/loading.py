@@ -120,12 +120,13 @@ def load_conversations(ds: DataSetConfig, seed: int, **kwargs: Any) -> LoadedDat
 
 
 def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: Optional[int] = None,
-              quarantine: Optional[Quarantine] = None) -> LoadedData:
+              quarantine: Optional[Quarantine] = None, stats_cache: Any = None) -> LoadedData:
     """Read every source of `ds` into canonical records and split each language into train/eval.
 
     Bad rows go to `quarantine` (default: raise at the first). With a tokenizer, every row's templated
     length is measured; rows longer than `max_length` are counted per language and, with
-    `over_length: drop`, handed to the quarantine.
+    `over_length: drop`, handed to the quarantine. `stats_cache` (aya_train.stages.prep_cache.TokenStatsCache)
+    keeps those measurements, so that a rerun does not tokenise again.
     """
     if not ds.sources:
         raise ValueError("data set has no `sources`; add at least one {path: ..., format: ...}")
@@ -138,6 +139,7 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
     excluded: Counter = Counter()
     adjusted: Counter = Counter()
     rows = _Collector(kind, tokenizer, max_length, getattr(ds, "over_length", "truncate"), quarantine, adjusted)
+    rows.stats_cache = stats_cache
     keep_languages = {normalize_language(lang) for lang in ds.languages} if getattr(ds, "languages", None) else None
     for src in ds.sources:
         preset = get_preset(src.format, kind)
@@ -186,6 +188,8 @@ class _Collector:
     chunk, so only one chunk of records is ever held as Python objects (the labels are kept per row)."""
 
     CHUNK = 4096
+    # Keeps token statistics across runs (load_data's `stats_cache`); None measures every time.
+    stats_cache: Any = None
 
     def __init__(self, kind, tokenizer, max_length, over_length, quarantine, adjusted):
         if over_length not in OVER_LENGTH_POLICIES:
@@ -218,7 +222,8 @@ class _Collector:
         if not batch:
             return
         if self.tokenizer is not None:
-            stats = token_stats(batch, self.kind, self.tokenizer)
+            stats = (self.stats_cache(batch, self.kind, self.tokenizer, token_stats) if self.stats_cache
+                     else token_stats(batch, self.kind, self.tokenizer))
             if self.max_length:
                 batch, locations, stats, over = _over_length(batch, locations, stats, self.max_length, self.policy,
                                                              self.quarantine)
