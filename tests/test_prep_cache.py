@@ -8,7 +8,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from aya_train.cli import main
-from aya_train.data import loading
+from aya_train.data import collect
 from aya_train.modeling import load_model, load_tokenizer
 from aya_train.recipe import compose_recipe
 from aya_train.stages import sft
@@ -42,7 +42,7 @@ def test_rerun_and_next_run_never_tokenise_again(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     prepared = _count_calls(monkeypatch, SFTTrainer, "_prepare_dataset")
     counted = _count_calls(monkeypatch, sft, "token_counts")
-    measured = _count_calls(monkeypatch, loading, "token_stats")  # the data report's token counts
+    measured = _count_calls(monkeypatch, collect, "token_stats")  # the data report's token counts
     first = ["recipe=demo", *quick_overrides(tmp_path / "runs", cache, steps=2), "run.name=first"]
     assert main(first) == 0
     assert prepared and measured  # train + every eval subset prepared once; rows measured for the data report
