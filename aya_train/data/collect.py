@@ -22,6 +22,8 @@ class Collector:
     chunk, so only one chunk of records is ever held as Python objects (the labels are kept per row)."""
 
     CHUNK = 4096
+    # Keeps token statistics across runs (load_data's `stats_cache`); None measures every time.
+    stats_cache: Any = None
 
     def __init__(self, kind, tokenizer, max_length, over_length, quarantine, adjusted):
         if over_length not in OVER_LENGTH_POLICIES:
@@ -56,7 +58,8 @@ class Collector:
         if not batch:
             return
         if self.tokenizer is not None:
-            stats = token_stats(batch, self.kind, self.tokenizer)
+            stats = (self.stats_cache(batch, self.kind, self.tokenizer, token_stats) if self.stats_cache
+                     else token_stats(batch, self.kind, self.tokenizer))
             if self.max_length:
                 batch, locations, stats, over = _over_length(batch, locations, stats, self.max_length, self.policy,
                                                              self.quarantine)

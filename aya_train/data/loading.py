@@ -118,12 +118,13 @@ def load_conversations(ds: DataSetConfig, seed: int, **kwargs: Any) -> LoadedDat
 
 
 def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: Optional[int] = None,
-              quarantine: Optional[Quarantine] = None) -> LoadedData:
+              quarantine: Optional[Quarantine] = None, stats_cache: Any = None) -> LoadedData:
     """Read every source of `ds` into canonical records and split each language into train/eval.
 
     Bad rows go to `quarantine` (default: raise at the first). With a tokenizer, every row's templated
     length is measured; rows longer than `max_length` are counted per language and, with
-    `over_length: drop`, handed to the quarantine.
+    `over_length: drop`, handed to the quarantine. `stats_cache` (aya_train.stages.prep_cache.TokenStatsCache)
+    keeps those measurements, so that a rerun does not tokenise again.
     """
     if not ds.sources:
         raise ValueError("data set has no `sources`; add at least one {path: ..., format: ...}")
@@ -136,6 +137,7 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
     excluded: Counter = Counter()
     adjusted: Counter = Counter()
     rows = Collector(kind, tokenizer, max_length, getattr(ds, "over_length", "truncate"), quarantine, adjusted)
+    rows.stats_cache = stats_cache
     keep_languages = {normalize_language(lang) for lang in ds.languages} if getattr(ds, "languages", None) else None
     for src in ds.sources:
         preset = get_preset(src.format, kind)
