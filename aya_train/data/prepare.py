@@ -47,7 +47,8 @@ def prepare_data_set(cfg: Any, name: str, run_root: Path, is_main: bool,
     quarantine = Quarantine(ds.on_error, path, keep_entries=is_main)  # other ranks only count
     tok = tokenizer()
     if tok is None and needs_tokens(ds):
-        raise ValueError(f"data.{name}.mixture.unit is tokens but the model's tokenizer could not be loaded")
+        raise DataError(f"data.{name}.mixture.unit", "is tokens, but the model's tokenizer could not be loaded "
+                        "(see the warning above)", hint="make model.name_or_path loadable, or use unit: examples")
     data = load_data(ds, seed=cfg.run.seed, tokenizer=tok, max_length=stages_max_length(cfg, name),
                      quarantine=quarantine, stats_cache=TokenStatsCache(cache_root(cfg.run)))
     try:
