@@ -82,9 +82,11 @@ def test_bad_data_config_exits_2_before_loading(tmp_path, cache_dir, override, m
     assert not (tmp_path / "demo").exists()
 
 
-def test_shares_from_the_shell(tmp_path, cache_dir, tiny_model):
+def test_shares_from_the_shell(tmp_path, cache_dir, tiny_model, capsys):
     assert main([*common(tmp_path, cache_dir), "run.dry_run=true", "+data.sft.mixture.language.shares.en=0.5",
                  "data.sft.mixture.budget=2000"]) == 0
+    out = capsys.readouterr().out
+    assert "data set `sft`: mixture plan, 2,000 examples" in out and "50.00%" in out  # shown before training
     report = json.loads((tmp_path / "demo" / "data" / "sft" / "mixture.json").read_text())
     assert report["train_rows"] == 2000
     assert abs(report["languages"]["en"]["realised_share"] - 0.5) <= 0.005
