@@ -37,11 +37,11 @@ def print_plan(cfg: DictConfig, run_dir, data) -> None:
             table.add_section()
             table.add_row("all", str(len(loaded.train)), str(len(loaded.eval)), "")
             console.print(table)
-        print_mixture(ds_name, loaded)
 
 
 def print_mixture(name: str, loaded) -> None:
-    """The mixture plan of a data set per language (the full source x language x task table is in the report)."""
+    """The mixture plan of a data set per language (the full source x language x task table is in the report);
+    printed by the main process whenever a run loads the data set, dry runs included."""
     from aya_train.data.mixture_report import report_dict
 
     if loaded.plan is None:

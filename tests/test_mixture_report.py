@@ -82,9 +82,11 @@ def test_bad_data_config_exits_2_before_loading(tmp_path, cache_dir, override, m
     assert not (tmp_path / "demo").exists()
 
 
-def test_shares_from_the_shell(tmp_path, cache_dir, tiny_model):
+def test_shares_from_the_shell(tmp_path, cache_dir, tiny_model, capsys):
     assert main([*common(tmp_path, cache_dir), "run.dry_run=true", "+data.sft.mixture.language.shares.en=0.5",
                  "data.sft.mixture.budget=2000"]) == 0
+    out = capsys.readouterr().out
+    assert "data set `sft`: mixture plan, 2,000 examples" in out and "50.00%" in out  # shown before training
     report = json.loads((tmp_path / "demo" / "data" / "sft" / "mixture.json").read_text())
     assert report["train_rows"] == 2000
     assert abs(report["languages"]["en"]["realised_share"] - 0.5) <= 0.005
@@ -141,3 +143,9 @@ def test_a_set_with_no_good_rows_stops_with_exit_2(tmp_path, cache_dir, tiny_mod
                  "data.sft.on_error=skip"]) == 2
     err = capsys.readouterr().err
     assert "data.sft: no training rows left (1 bad" in err and "quarantine.jsonl" in err
+
+
+def test_a_share_for_an_absent_language_exits_2(tmp_path, cache_dir, tiny_model, capsys):
+    assert main([*common(tmp_path, cache_dir), "run.dry_run=true", "+data.sft.mixture.language.shares.sw=0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "data.sft.mixture.language.shares: no language `sw` in the data" in err and "Traceback" not in err

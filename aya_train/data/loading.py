@@ -11,21 +11,20 @@ from functools import cached_property
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
-import pyarrow as pa
 from datasets import Dataset, Features, List as ListFeature, Value
 
 from aya_train.config import DataSetConfig, SourceConfig
+from aya_train.data.collect import OVER_LENGTH_POLICIES, Collector
 from aya_train.data.languages import UnknownLanguageError, normalize_language
 from aya_train.data.presets import format_kind, get_preset
 from aya_train.data.quarantine import RAISE, Quarantine
 from aya_train.data.readers import BadRow, iter_rows, source_name
 from aya_train.data.records import RowContext, record_builder
 from aya_train.data.schema import (
-    CONVERSATION, CONVERSATION_FIELDS, KINDS, OVER_LENGTH, PREFERENCE, PREFERENCE_FIELDS, ExcludedRow, RowError,
+    CONVERSATION, CONVERSATION_FIELDS, KINDS, PREFERENCE, PREFERENCE_FIELDS, ExcludedRow, RowError,
 )
-from aya_train.data.tokens import TokenStats, fertility, token_stats
+from aya_train.data.tokens import fertility
 
-Record = Dict[str, Any]
 DEMO_CORPUS = "pkg://chatterbot_corpus/data"
 
 _MESSAGES = ListFeature({"role": Value("string"), "content": Value("string")})
@@ -36,7 +35,6 @@ PREFERENCE_FEATURES = Features({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejec
 FEATURES = {CONVERSATION: CONVERSATION_FEATURES, PREFERENCE: PREFERENCE_FEATURES}
 # schema.py names the columns; keep them in step
 assert tuple(CONVERSATION_FEATURES) == CONVERSATION_FIELDS and tuple(PREFERENCE_FEATURES) == PREFERENCE_FIELDS
-OVER_LENGTH_POLICIES = ("truncate", "drop")
 LANGUAGE_MISMATCH_POLICIES = ("warn", "drop", "ignore")
 
 
@@ -120,12 +118,13 @@ def load_conversations(ds: DataSetConfig, seed: int, **kwargs: Any) -> LoadedDat
 
 
 def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: Optional[int] = None,
-              quarantine: Optional[Quarantine] = None) -> LoadedData:
+              quarantine: Optional[Quarantine] = None, stats_cache: Any = None) -> LoadedData:
     """Read every source of `ds` into canonical records and split each language into train/eval.
 
     Bad rows go to `quarantine` (default: raise at the first). With a tokenizer, every row's templated
     length is measured; rows longer than `max_length` are counted per language and, with
-    `over_length: drop`, handed to the quarantine.
+    `over_length: drop`, handed to the quarantine. `stats_cache` (aya_train.stages.prep_cache.TokenStatsCache)
+    keeps those measurements, so that a rerun does not tokenise again.
     """
     if not ds.sources:
         raise ValueError("data set has no `sources`; add at least one {path: ..., format: ...}")
@@ -137,7 +136,8 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
     build = record_builder(kind)
     excluded: Counter = Counter()
     adjusted: Counter = Counter()
-    rows = _Collector(kind, tokenizer, max_length, getattr(ds, "over_length", "truncate"), quarantine, adjusted)
+    rows = Collector(kind, tokenizer, max_length, getattr(ds, "over_length", "truncate"), quarantine, adjusted)
+    rows.stats_cache = stats_cache
     keep_languages = {normalize_language(lang) for lang in ds.languages} if getattr(ds, "languages", None) else None
     for src in ds.sources:
         preset = get_preset(src.format, kind)
@@ -179,97 +179,6 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
     )
     return LoadedData(_dataset(table.take(train_idx), kind), _dataset(table.take(eval_idx), kind), summary,
                       kind=kind, train_tokens=stats.tokens[train_idx] if stats is not None else None)
-
-
-class _Collector:
-    """Canonical records in Arrow chunks of CHUNK rows: tokenised, length-checked and id-deduplicated per
-    chunk, so only one chunk of records is ever held as Python objects (the labels are kept per row)."""
-
-    CHUNK = 4096
-
-    def __init__(self, kind, tokenizer, max_length, over_length, quarantine, adjusted):
-        if over_length not in OVER_LENGTH_POLICIES:
-            raise ValueError(f"over_length must be one of {', '.join(OVER_LENGTH_POLICIES)}, got {over_length!r}")
-        self.kind, self.tokenizer, self.max_length, self.policy = kind, tokenizer, max_length, over_length
-        self.quarantine, self.adjusted = quarantine, adjusted
-        self.schema = FEATURES[kind].arrow_schema
-        self.chunks: List[Any] = []
-        self.stats: List[TokenStats] = []
-        self.languages: List[str] = []
-        self.tasks: List[str] = []
-        self.keys: List[str] = []  # split keys: the id before any #N suffix, so identical rows share a side
-        self.seen: Counter = Counter()
-        self.over: Counter = Counter()
-        self.inferred = 0
-        self.inferred_rows: Counter = Counter()  # language -> rows identified from the text
-        self.confidence: Counter = Counter()  # language -> sum of their identification confidences
-        self.batch: List[Record] = []
-        self.locations: List[str] = []
-
-    def add(self, record: Record, location: str) -> None:
-        self.batch.append(record)
-        self.locations.append(location)
-        if len(self.batch) >= self.CHUNK:
-            self._flush()
-
-    def _flush(self) -> None:
-        batch, locations = self.batch, self.locations
-        self.batch, self.locations = [], []
-        if not batch:
-            return
-        if self.tokenizer is not None:
-            stats = token_stats(batch, self.kind, self.tokenizer)
-            if self.max_length:
-                batch, locations, stats, over = _over_length(batch, locations, stats, self.max_length, self.policy,
-                                                             self.quarantine)
-                self.over.update(over)
-            self.stats.append(stats)
-        for record in batch:
-            self.keys.append(record["id"])
-            self.seen[record["id"]] += 1
-            if self.seen[record["id"]] > 1:  # identical conversation (or row id) again: kept, id made unique
-                record["id"] = f"{record['id']}#{self.seen[record['id']]}"
-                self.adjusted["repeated conversation or row id; kept, id suffixed #N"] += 1
-            self.languages.append(record["language"])
-            self.tasks.append(record["task"])
-            if record["language_inferred"]:
-                self.inferred += 1
-                self.inferred_rows[record["language"]] += 1
-                self.confidence[record["language"]] += record["language_confidence"]
-        self.chunks.append(pa.Table.from_pylist(batch, schema=self.schema))
-
-    def finish(self):
-        """(Arrow table of every record, TokenStats or None)."""
-        self._flush()
-        table = pa.concat_tables(self.chunks) if self.chunks else self.schema.empty_table()
-        if self.tokenizer is None:
-            return table, None
-        fields = ("tokens", "longest", "content_tokens", "chars", "words")
-        if not self.stats:
-            return table, TokenStats(*(np.zeros(0, np.int64) for _ in fields))
-        return table, TokenStats(*(np.concatenate([getattr(s, f) for s in self.stats]) for f in fields))
-
-
-def _over_length(records, locations, stats: TokenStats, max_length: int, policy: str, quarantine: Quarantine):
-    """Count rows longer than max_length per language; with policy `drop`, quarantine them (or raise)."""
-    if policy not in OVER_LENGTH_POLICIES:
-        raise ValueError(f"over_length must be one of {', '.join(OVER_LENGTH_POLICIES)}, got {policy!r}")
-    over = Counter()
-    keep = np.ones(len(records), dtype=bool)
-    for i in np.flatnonzero(stats.longest > max_length):
-        record = records[i]
-        over[record["language"]] += 1
-        if policy == "drop":
-            quarantine.add(locations[i], OVER_LENGTH,
-                           f"{int(stats.longest[i])} tokens after the chat template, over max_length {max_length}",
-                           record, language=record["language"],
-                           hint="raise the stage's max_length, shorten the row, or set over_length: truncate")
-            keep[i] = False
-    if keep.all():
-        return records, locations, stats, over
-    kept = np.flatnonzero(keep)
-    stats = TokenStats(*(getattr(stats, f)[kept] for f in ("tokens", "longest", "content_tokens", "chars", "words")))
-    return [records[i] for i in kept], [locations[i] for i in kept], stats, over
 
 
 def _source_language(src: SourceConfig) -> Optional[str]:

@@ -17,7 +17,8 @@ Preference record (what every preference preset produces)::
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping  # typing.Mapping makes isinstance much slower per row
+from typing import Any, Optional
 
 MESSAGES = "messages"
 LANGUAGE = "language"
