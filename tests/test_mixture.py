@@ -168,3 +168,26 @@ def test_readme_worked_example():
     assert got == {"en": (5486, 5486), "sw": (2743, 2000), "yo": (1371, 500), "th": (400, 100)}
     assert np.allclose(sorted(plan.target), sorted([9600 * 89.4427 / 156.5248, 9600 * 44.7214 / 156.5248,
                                                     9600 * 22.3607 / 156.5248, 400]), atol=0.1)
+
+
+def test_a_parent_takes_no_more_than_its_children_can():
+    # source a: en 100 + sw 10 rows; b: en 1,000. Sources 50/50 of 1,000, languages uniform, at most 2 epochs:
+    # a can take at most 2 x 100 + 2 x 10 = 220, so b gets the other 780; inside a, sw is capped at 20.
+    lab = {k: labels({"en": 100, "sw": 10}, source="a")[k] + labels({"en": 1000}, source="b")[k]
+           for k in ("source", "language", "task")}
+    cfg = MixtureConfig(budget=1000, source=MixtureLevelConfig(shares={"a": 0.5, "b": 0.5}),
+                        language=MixtureLevelConfig(alpha=0.0, max_epochs=2.0))
+    plan = plan_mixture(lab, cfg, seed=0)
+    assert {g[:2]: int(r) for g, r in zip(plan.groups, plan.realised_rows)} == {
+        ("a", "en"): 200, ("a", "sw"): 20, ("b", "en"): 780}
+    assert plan.realised_rows.sum() == 1000
+
+
+def test_language_names_in_settings_are_normalised_and_checked():
+    sizes = {"en": 800, "sw": 200}
+    plan = plan_mixture(labels(sizes), mixture(budget=1000, shares={"Swahili": 0.5}), seed=0)
+    assert_shares(realised_by_language(plan), {"en": 0.5, "sw": 0.5})
+    with pytest.raises(MixtureError, match=r"mixture.language.weights: no language `yo` in the data.*en, sw"):
+        plan_mixture(labels(sizes), mixture(weights={"yo": 2.0}), seed=0)
+    with pytest.raises(MixtureError, match="no source `aya` in the data"):
+        plan_mixture(labels(sizes), MixtureConfig(source=MixtureLevelConfig(weights={"aya": 2.0})), seed=0)
