@@ -191,3 +191,20 @@ def test_language_names_in_settings_are_normalised_and_checked():
         plan_mixture(labels(sizes), mixture(weights={"yo": 2.0}), seed=0)
     with pytest.raises(MixtureError, match="no source `aya` in the data"):
         plan_mixture(labels(sizes), MixtureConfig(source=MixtureLevelConfig(weights={"aya": 2.0})), seed=0)
+
+
+def test_loaded_and_mixed_demo_corpus_is_identical_across_processes(tmp_path):
+    """The whole path (read, split, plan) in two processes with different ranks and hash seeds."""
+    code = ("from aya_train.config import DataSetConfig, SourceConfig, MixtureConfig, MixtureLevelConfig; "
+            "from aya_train.data.loading import load_data, DEMO_CORPUS; from aya_train.data.mixture import apply_mixture; "
+            "ds = DataSetConfig(sources=[SourceConfig(path=DEMO_CORPUS, format='chatterbot')], "
+            "mixture=MixtureConfig(budget=3000, language=MixtureLevelConfig(alpha=0.3, max_epochs=3.0))); "
+            "d = load_data(ds, seed=3); apply_mixture(d, ds.mixture, seed=3); print(d.plan.digest, d.fingerprint)")
+    outputs = set()
+    for rank in ("0", "1"):
+        env = {**os.environ, "RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": "2", "PYTHONHASHSEED": str(5 + int(rank))}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                             cwd=os.path.dirname(os.path.dirname(__file__)))
+        assert out.returncode == 0, out.stderr[-2000:]
+        outputs.add(out.stdout.strip().splitlines()[-1])
+    assert len(outputs) == 1
