@@ -15,6 +15,8 @@ USAGE = """usage: aya-train recipe=NAME [key=value ...]
   key=value              override any config field (Hydra syntax), e.g. stages.sft.learning_rate=1e-4
   run.dry_run=true       print the stage graph and data summary, train nothing
   run.only=[sft]         run some stages; finished ones they depend on are reused
+  run.from_stage=NAME    run NAME and every stage after it; earlier finished stages are reused
+  run.force=true         rerun stages whose inputs changed, discarding their earlier outputs
 """
 
 
@@ -39,6 +41,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         pipeline.run(cfg)
+    except ConfigError as exc:  # the stage plan cannot run (changed inputs, a needed stage left out)
+        print(f"aya-train: config error: {exc}", file=sys.stderr)
+        return 2
     except DataError as exc:
         print(f"aya-train: data error: {exc}", file=sys.stderr)
         return 2

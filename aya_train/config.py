@@ -15,6 +15,8 @@ from omegaconf import MISSING
 
 # Field metadata marking a value that names an earlier stage; the pipeline checks and orders by it.
 STAGE_REF = {"stage_ref": True}
+# The same, for a reference the stage cannot do without (validation fails while it is null).
+REQUIRED_STAGE_REF = {"stage_ref": True, "required": True}
 
 
 @dataclass
@@ -29,6 +31,13 @@ class RunConfig:
     dry_run: bool = False
     # Run only these stages (by name); finished stages they depend on are reused from the run directory.
     only: Optional[List[str]] = None
+    # Run this stage and every stage after it; earlier finished stages are reused. (`from` is a Python
+    # keyword, hence the name.) Use either `only` or `from_stage`, not both.
+    from_stage: Optional[str] = None
+    # A stage whose config or inputs changed since its outputs (DONE or checkpoints) were written is
+    # refused, so that finished work is never overwritten by accident; true discards those outputs and
+    # runs the stage (and the stages reading it) again.
+    force: bool = False
     # Trainer loggers, passed to transformers' `report_to` (e.g. [tensorboard], [wandb]); [] logs to files only.
     report_to: List[str] = field(default_factory=list)
     # Folder for caches shared across runs (built tiny models); default `<output_dir>/.cache`.
@@ -444,6 +453,41 @@ class EvaluateStageConfig:
 
 
 @dataclass
+class ExportStageConfig:
+    # Stage kind; set by the `/stage@stages.NAME: export` defaults entry.
+    kind: str = "export"
+    # The earlier stage whose model is exported (LoRA adapters are merged into the base weights).
+    model: Optional[str] = field(default=None, metadata=REQUIRED_STAGE_REF)
+    # Largest safetensors file; bigger models are split into shards with an index (transformers' format).
+    max_shard_size: str = "5GB"
+    # GenerationConfig fields saved with the model (e.g. {temperature: 0.7, top_p: 0.9, max_new_tokens: 512});
+    # eos and pad always come from the tokenizer.
+    generation: Dict[str, Any] = field(default_factory=dict)
+    # Hub license identifier for the model card (e.g. apache-2.0, cc-by-nc-4.0); null leaves it unset.
+    license: Optional[str] = None
+    # Extra model card tags; `aya-train`, `multilingual` and the stage kinds are always added.
+    tags: List[str] = field(default_factory=list)
+    # Upload the exported folder with huggingface_hub. The token comes from HF_TOKEN or `hf auth login`
+    # and is never written anywhere.
+    push_to_hub: bool = False
+    # Hub repository `owner/name` to push to (created when missing).
+    hub_model_id: Optional[str] = None
+    # Create the repository private (only when it does not exist yet).
+    hub_private_repo: bool = True
+    # Branch to push to (created from main when missing); null = main.
+    hub_revision: Optional[str] = None
+    # List the files push_to_hub would upload, and where, without touching the network.
+    hub_dry_run: bool = False
+
+    @staticmethod
+    def check(node: Any) -> None:
+        """Cross-field checks (run by recipe.validate); ValueError('<key>: <what to do>')."""
+        from aya_train.stages.export import check_config
+
+        check_config(node)
+
+
+@dataclass
 class AyaConfig:
     # How and where this run executes.
     run: RunConfig = field(default_factory=RunConfig)
@@ -463,6 +507,7 @@ STAGE_SCHEMAS: Dict[str, type] = {
     "rl": RLStageConfig,
     "merge": MergeStageConfig,
     "evaluate": EvaluateStageConfig,
+    "export": ExportStageConfig,
 }
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -61,6 +61,9 @@ def split_recipe_arg(argv: Sequence[str]) -> tuple[str, List[str]]:
     """Separate `recipe=NAME` from the Hydra overrides."""
     recipe, rest = None, []
     for arg in argv:
+        if arg.lstrip("+~").startswith("run.from="):
+            raise ConfigError("`run.from` is spelled `run.from_stage` (`from` is a Python keyword): "
+                              f"run.from_stage={arg.split('=', 1)[1]}")
         if arg.startswith("recipe="):
             recipe = arg.split("=", 1)[1]
         else:
@@ -106,18 +109,11 @@ def validate(cfg: DictConfig) -> None:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", cfg.run.name):
         raise ConfigError(f"run.name `{cfg.run.name}` must be letters, digits, '.', '_' or '-' (it names a folder).")
     names = list(cfg.stages.keys())
-    for i, (name, node) in enumerate(cfg.stages.items()):
-        kind = _stage_kind(name, node)
-        earlier = names[:i]
-        for ref_key, ref in stage_refs(node):
-            if ref not in earlier:
-                where = "a later stage" if ref in names else "no stage"
-                raise ConfigError(f"stages.{name}.{ref_key}: `{ref}` is {where}; it must name an earlier stage "
-                                  f"({', '.join(earlier) or 'none before this one'}).{suggest(ref, earlier)}")
-            kinds = _field_metadata(node, ref_key).get("kinds")
-            if kinds and cfg.stages[ref].kind not in kinds:
-                raise ConfigError(f"stages.{name}.{ref_key}: `{ref}` is a {cfg.stages[ref].kind} stage; it must name a "
-                                  f"stage of kind {' or '.join(kinds)}.")
+    for name, node in cfg.stages.items():
+        _stage_kind(name, node)
+    check_stage_graph(cfg)
+    for name, node in cfg.stages.items():
+        kind = node.kind
         check = getattr(STAGE_SCHEMAS[kind], "check", None)
         if check is not None:
             try:
@@ -128,10 +124,13 @@ def validate(cfg: DictConfig) -> None:
         if data_name is not None and data_name not in cfg.data:
             raise ConfigError(f"stages.{name}.data: no data set `{data_name}` under `data`."
                               f"{suggest(data_name, list(cfg.data.keys()))} Defined: {', '.join(cfg.data) or 'none'}.")
-        _check_passthrough(name, node, trainer_config_class(kind))
-    for key in cfg.run.only or []:
-        if key not in names:
-            raise ConfigError(f"run.only: no stage `{key}`.{suggest(key, names)} Stages: {', '.join(names)}.")
+        trainer_cls = trainer_config_class(kind)
+        if trainer_cls is not None and data_name is None:
+            raise ConfigError(f"stages.{name}.data: a {kind} stage trains on a data set; set it to one of: "
+                              f"{', '.join(cfg.data) or 'none defined (add one under `data`)'}.")
+        _check_passthrough(name, node, trainer_cls)
+    _check_selection(cfg.run, names)
+    _check_report_to(cfg.run.report_to)
     for ds_name, ds in cfg.data.items():
         if not ds.sources:
             raise ConfigError(f"data.{ds_name}.sources is empty: give at least one `{{path: ..., format: ...}}`.")
@@ -150,6 +149,93 @@ def validate(cfg: DictConfig) -> None:
                           "nor `tiny`.")
 
 
+def check_stage_graph(cfg: DictConfig) -> None:
+    """Every stage reference names an existing, earlier stage, and no references form a cycle."""
+    names = list(cfg.stages.keys())
+    edges = {name: stage_refs(node) for name, node in cfg.stages.items()}
+    for name, node in cfg.stages.items():
+        for key in _reference_keys(node):
+            if _field_metadata(node, key).get("required") and not node[key]:
+                raise ConfigError(f"stages.{name}.{key}: required; name the earlier stage to read "
+                                  f"({', '.join(names[:names.index(name)]) or 'none before this one'}).")
+        for key, ref in edges[name]:
+            if ref not in names:
+                raise ConfigError(f"stages.{name}.{key}: no stage `{ref}`.{suggest(ref, names)} "
+                                  f"Stages: {', '.join(names)}.")
+    cycle = _find_cycle({name: [ref for _, ref in refs] for name, refs in edges.items()})
+    if cycle:
+        hops = " -> ".join(cycle)
+        raise ConfigError(f"stages read each other in a cycle: {hops}. Each stage can only read stages that "
+                          "finish before it; break the cycle by pointing one of these references elsewhere.")
+    for i, name in enumerate(names):
+        for key, ref in edges[name]:
+            if ref not in names[:i]:
+                raise ConfigError(f"stages.{name}.{key}: `{ref}` is a later stage; stages run in the order of "
+                                  f"the recipe's defaults list, so list `/stage@stages.{ref}` before "
+                                  f"`/stage@stages.{name}`.")
+            kinds = _field_metadata(cfg.stages[name], key).get("kinds")
+            if kinds and cfg.stages[ref].kind not in kinds:
+                raise ConfigError(f"stages.{name}.{key}: `{ref}` is a {cfg.stages[ref].kind} stage; it must name a "
+                                  f"stage of kind {' or '.join(kinds)}.")
+
+
+def _find_cycle(graph: Dict[str, List[str]]) -> Optional[List[str]]:
+    """One cycle of `graph` (node -> nodes it reads) as [a, b, ..., a], or None."""
+    state: Dict[str, int] = {}  # 1 = on the current path, 2 = finished
+    path: List[str] = []
+
+    def visit(node: str) -> Optional[List[str]]:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt in graph and state.get(nxt) is None:
+                found = visit(nxt)
+                if found:
+                    return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    for start in graph:
+        if state.get(start) is None:
+            found = visit(start)
+            if found:
+                return found
+    return None
+
+
+def _check_selection(run, names: List[str]) -> None:
+    """run.only / run.from_stage name existing stages, and only one of them is used."""
+    if run.only is not None and run.from_stage is not None:
+        raise ConfigError("run.only and run.from_stage both set: use one (run.only=[a,b] runs exactly those "
+                          "stages, run.from_stage=a runs a and every stage after it).")
+    for key in run.only or []:
+        if key not in names:
+            raise ConfigError(f"run.only: no stage `{key}`.{suggest(key, names)} Stages: {', '.join(names)}.")
+    if run.from_stage is not None and run.from_stage not in names:
+        raise ConfigError(f"run.from_stage: no stage `{run.from_stage}`.{suggest(run.from_stage, names)} "
+                          f"Stages: {', '.join(names)}.")
+
+
+def _check_report_to(report_to) -> None:
+    """Each logger is one transformers knows, and its package is installed (else the Trainer fails late)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    available = set(get_available_reporting_integrations())
+    for name in report_to:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(f"run.report_to: unknown logger `{name}`.{suggest(name, INTEGRATION_TO_CALLBACK)} "
+                              f"Known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))}.")
+        if name not in available:
+            raise ConfigError(f"run.report_to: `{name}` is not installed; `pip install {name}` or drop it "
+                              "from run.report_to.")
+
+
 def _reference_keys(node) -> List[str]:
     """Fields whose value names an earlier stage (init, ref_model, reward_model, ...)."""
     schema = OmegaConf.get_type(node)
@@ -161,7 +247,8 @@ def _field_metadata(node, key: str) -> dict:
 
 
 def stage_refs(node) -> List[Tuple[str, str]]:
-    """(key, stage name) for every reference a stage makes; list-valued fields (merge `models`) give one each."""
+    """(key, stage name) for every reference a stage makes; list-valued fields (merge `models`) give one each.
+    The one place that says which stages a stage depends on (validation, pipeline order, lineage)."""
     refs = []
     for key in _reference_keys(node):
         value = node[key]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -20,18 +20,9 @@ def _fmt(value) -> str:
 
 
 def print_plan(cfg: DictConfig, run_dir, data) -> None:
-    """Stage graph and rows per language and task for every data set a stage uses; trains nothing."""
-    from aya_train.pipeline import _upstream
-
-    graph = Table(title=f"run {cfg.run.name} -> {run_dir.root}")
-    for column in ("stage", "kind", "reads", "data", "status"):
-        graph.add_column(column)
-    for name, node in cfg.stages.items():
-        done = run_dir.done_info(name)
-        graph.add_row(name, node.kind, ", ".join(_upstream(cfg, name)) or cfg.model.name_or_path,
-                      node.get("data") or "-", "done" if done else "to run")
-    console.print(graph)
-    for ds_name in dict.fromkeys(node.get("data") for node in cfg.stages.values() if node.get("data")):
+    """Rows per language and task for every data set a stage uses (the stage plan is printed before it)."""
+    used = (OmegaConf.select(node, "data", default=None) for node in cfg.stages.values())
+    for ds_name in dict.fromkeys(name for name in used if name):
         loaded = data(ds_name)
         for column in ("language", "task"):
             train, held = Counter(loaded.train[column]), Counter(loaded.eval[column])
@@ -47,11 +38,11 @@ def print_plan(cfg: DictConfig, run_dir, data) -> None:
             table.add_section()
             table.add_row("all", str(len(loaded.train)), str(len(loaded.eval)), "")
             console.print(table)
-        print_mixture(ds_name, loaded)
 
 
 def print_mixture(name: str, loaded) -> None:
-    """The mixture plan of a data set per language (the full source x language x task table is in the report)."""
+    """The mixture plan of a data set per language (the full source x language x task table is in the report);
+    printed by the main process whenever a run loads the data set, dry runs included."""
     from aya_train.data.mixture_report import report_dict
 
     if loaded.plan is None:
@@ -134,3 +125,124 @@ def print_languages(results: Dict[str, object], cfg: Optional[DictConfig] = None
         from aya_train.artifacts import atomic_write_json
 
         atomic_write_json(out_path, chain)
+
+
+ACTION_STYLE = {"reuse": "green", "resume": "yellow", "run": "cyan", "skip": "dim", "refuse": "bold red"}
+
+
+def print_stage_plan(cfg: DictConfig, run_dir, plans) -> None:
+    """What the pipeline will do with each stage (reuse / resume / run / skip / refuse) and why."""
+    from aya_train.pipeline import _upstream
+
+    table = Table(title=f"run {cfg.run.name}: plan ({run_dir.root})")
+    for column in ("stage", "kind", "reads", "data", "action", "why"):
+        table.add_column(column)
+    for plan in plans:
+        reads = ", ".join(_upstream(cfg, plan.name)) or "-"
+        data = OmegaConf.select(cfg.stages[plan.name], "data", default=None) or "-"
+        style = ACTION_STYLE.get(plan.action, "")
+        table.add_row(plan.name, plan.kind, reads, data, f"[{style}]{plan.action}[/]" if style else plan.action,
+                      plan.reason)
+    console.print(table)
+
+
+# ---- run-level report.md: one section per stage, with its per-language table and plots ----
+
+def _md_table(rows: Dict[str, Dict[str, object]], first: str = "language") -> str:
+    if not rows:
+        return ""
+    columns = list(dict.fromkeys(c for values in rows.values() for c in values))
+    lines = ["| " + " | ".join([first, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    for key, values in rows.items():
+        lines.append("| " + " | ".join([str(key), *(_fmt(values.get(c)) for c in columns)]) + " |")
+    return "\n".join(lines)
+
+
+# Plotted first when a stage logs them (at most `max_plots` per stage).
+_PLOT_FIRST = ("loss", "reward_accuracy", "reward_margin", "reward_mean", "language_fidelity", "win_rate",
+               "mean_token_accuracy")
+
+
+def plot_eval_metrics(metrics_path, out_dir, max_plots: int = 4) -> List:
+    """One PNG per metric logged per language (`<split>/<metric>/<lang>` over the steps, split eval or rl),
+    the informative ones first; returns their paths."""
+    from pathlib import Path
+
+    from aya_train.metrics.per_language import read_metrics
+
+    series: Dict[str, Dict[str, List[tuple]]] = {}
+    for record in read_metrics(Path(metrics_path)):
+        for key, value in record.items():
+            parts = key.split("/")
+            if (len(parts) == 3 and parts[0] in ("eval", "rl") and not parts[2].startswith("task:")
+                    and isinstance(value, (int, float))):
+                series.setdefault(f"{parts[0]}/{parts[1]}", {}).setdefault(parts[2], []).append((record["step"], value))
+    series = {metric: langs for metric, langs in series.items() if any(len(points) > 1 for points in langs.values())}
+    if not series:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def rank(metric: str) -> tuple:
+        name = metric.split("/", 1)[1]
+        return (_PLOT_FIRST.index(name) if name in _PLOT_FIRST else len(_PLOT_FIRST), metric)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for metric in sorted(series, key=rank)[:max_plots]:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for lang, points in sorted(series[metric].items()):
+            steps, values = zip(*sorted(points))
+            ax.plot(steps, values, marker=".", linewidth=1, label=lang)
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} per language")
+        ax.legend(fontsize=6, ncol=max(1, len(series[metric]) // 12), loc="best")
+        fig.tight_layout()
+        path = out_dir / f"{metric.replace('/', '_')}.png"
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=90)
+        plt.close(fig)
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+def write_run_report(cfg: DictConfig, run_dir) -> None:
+    """`<run>/report.md`: every stage's status, lineage and summary, its per-language table and plots."""
+    from aya_train.artifacts import atomic_write_text, read_json
+    from aya_train.pipeline import stage_reads
+
+    manifest = run_dir.load_manifest()
+    lines = [f"# Run `{cfg.run.name}`", "",
+             f"aya-train {manifest.get('version')} (commit {manifest.get('git_commit') or 'unknown'}); "
+             f"resolved config in `config.yaml`, lineage in `manifest.json`.", "",
+             "| stage | kind | status | reads | data | fingerprint |", "|---|---|---|---|---|---|"]
+    for name, node in cfg.stages.items():
+        entry = manifest["stages"].get(name, {})
+        reads = ", ".join(f"{k}={v}" for k, v in stage_reads(node).items()) or "-"
+        lines.append(f"| {name} | {node.kind} | {entry.get('status', 'not run')} | {reads} | "
+                     f"{entry.get('data') or '-'} | {entry.get('fingerprint', '-')} |")
+    for name, node in cfg.stages.items():
+        entry = manifest["stages"].get(name)
+        if not entry:
+            continue
+        stage_dir = run_dir.stage_dir(name)
+        lines += ["", f"## Stage `{name}` ({node.kind})", "", f"Status: {entry.get('status')}."]
+        if entry.get("data_fingerprint"):
+            lines.append(f"Data set `{entry.get('data')}`, content fingerprint `{entry['data_fingerprint'][:16]}`.")
+        if entry.get("resumed_from"):
+            lines.append(f"Resumed from `{entry['resumed_from']}` after an interruption.")
+        summary = entry.get("summary") or {}
+        if summary:
+            lines.append("Summary: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in summary.items()) + ".")
+        table = _md_table(read_json(stage_dir / "languages.json", default={}) or {})
+        if table:
+            lines += ["", "### Per language", "", table]
+        plots = plot_eval_metrics(stage_dir / "metrics.jsonl", stage_dir / "plots") if entry.get("status") == "done" else []
+        for path in plots + sorted(stage_dir.glob("*.png")):  # + charts a stage draws itself (evaluate's win-rates)
+            lines += ["", f"![{path.stem}]({path.relative_to(run_dir.root).as_posix()})"]
+    atomic_write_text(run_dir.root / "report.md", "\n".join(lines) + "\n")

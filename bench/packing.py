@@ -92,7 +92,7 @@ def build(arm: str, a, cfg, ctx_factory, data, model_path: str, out: Path):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--steps", type=int, default=15)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)

@@ -47,7 +47,8 @@ def test_no_eval_rows_when_eval_fraction_is_zero(dataset_config):
     dataset_config.eval_fraction = 0.0
     data = load_conversations(dataset_config, seed=0)
     assert data.eval.num_rows == 0 and data.eval.column_names == data.train.column_names
-    assert data.train.column_names == ["messages", "language", "task", "source", "id", "language_inferred"]
+    assert data.train.column_names == ["messages", "language", "task", "source", "id", "language_inferred",
+                                      "language_confidence"]
 
 
 def test_split_by_language_respects_cap_and_keeps_a_training_row():

@@ -72,7 +72,7 @@ def test_preference_shapes_become_one_canonical_record(tmp_path, row):
         data = load(tmp_path, [row], fmt, kind)
         assert data.kind == "preference"
         assert data.train.column_names == ["prompt", "chosen", "rejected", "language", "task", "source", "id",
-                                           "language_inferred"]
+                                           "language_inferred", "language_confidence"]
         [rec] = data.train.to_list()
         assert rec["prompt"] == PROMPT
         assert rec["chosen"] == [{"role": "assistant", "content": A_SW}]
@@ -133,3 +133,21 @@ def test_registries_are_plain_dicts_to_extend(tmp_path):
     finally:
         del PREFERENCE_PRESETS["reverse_test"]
     assert "chatterbot" in PRESETS and "chatterbot" in READERS
+
+
+def test_hub_ids_can_be_streamed(monkeypatch):
+    """`streaming: true` hands datasets an iterable (no full download); rows arrive one by one."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, split, streaming):
+        calls.append((path, split, streaming))
+        return iter([{"inputs": Q_SW, "targets": A_SW, "language_code": "swh"}] * 3)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ds = DataSetConfig(sources=[SourceConfig(path="CohereLabs/aya_dataset", streaming=True)], eval_fraction=0.0)
+    data = load_data(ds, seed=0)
+    assert calls == [("CohereLabs/aya_dataset", "train", True)]
+    assert data.train.num_rows == 3 and set(data.train["language"]) == {"sw"}
+    assert data.train["source"][0] == "aya_dataset"

@@ -149,3 +149,14 @@ def test_split_location():
     assert split_location("/d/a.jsonl:12") == {"file": "/d/a.jsonl", "line": 12, "row": None}
     assert split_location("/d/a.parquet[row 3]") == {"file": "/d/a.parquet", "line": None, "row": 3}
     assert split_location("/d/saved[train][row 0]") == {"file": "/d/saved", "line": None, "row": 0}
+
+
+def test_inferred_languages_are_summarised_with_confidence(tmp_path):
+    path = tmp_path / "nolang.jsonl"
+    row = {"messages": [{"role": "user", "content": "Habari yako? Ninafurahi kukuona leo rafiki yangu."},
+                        {"role": "assistant", "content": "Nzuri sana, asante. Wewe je, habari za kazi?"}]}
+    path.write_text(json.dumps(row) + "\n" + json.dumps(GOOD) + "\n")
+    summary = load_data(DataSetConfig(sources=[SourceConfig(path=str(path))], eval_fraction=0.0), seed=0).summary
+    assert summary.language_inferred == 1
+    assert list(summary.inferred_by_language) == ["sw"] and summary.inferred_by_language["sw"]["rows"] == 1
+    assert 0.5 < summary.inferred_by_language["sw"]["mean_confidence"] <= 1

@@ -181,9 +181,10 @@ def test_bad_row_language_is_a_bad_row(tmp_path):
 def test_language_falls_back_to_source_then_identification(tmp_path):
     rows = [{"messages": [{"role": "user", "content": USER_SW}, {"role": "assistant", "content": BOT_SW}]}]
     [row] = load_rows(write_jsonl(tmp_path / "a.jsonl", rows), language="swh")
-    assert (row["language"], row["language_inferred"]) == ("sw", False)
+    assert (row["language"], row["language_inferred"], row["language_confidence"]) == ("sw", False, 1.0)
     [row] = load_rows(tmp_path / "a.jsonl")
     assert (row["language"], row["language_inferred"], row["task"]) == ("sw", True, "general")
+    assert 0.5 < row["language_confidence"] <= 1.0  # how sure the offline identification was
 
 
 def test_ids_are_stable_and_unique(tmp_path):

@@ -123,6 +123,20 @@ def test_held_out_prompts_drop_the_reply_and_cap_per_language(run_layout):
     assert set(held["id"]) <= set(loaded.eval["id"]) and not set(held["id"]) & set(loaded.train["id"])
 
 
+def test_held_out_prompts_from_preference_pairs():
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    pairs = Dataset.from_dict({"prompt": [PROMPT, PROMPT], "chosen": [[{"role": "assistant", "content": "Nzuri"}]] * 2,
+                               "rejected": [[{"role": "assistant", "content": "Good"}]] * 2,
+                               "language": ["sw", "sw"], "task": ["chat"] * 2, "source": ["s"] * 2, "id": ["a", "b"]})
+    held = evaluate.held_out_prompts(SimpleNamespace(train=pairs, eval=pairs), None)
+    assert held == {"prompt": [PROMPT, PROMPT], "language": ["sw", "sw"], "id": ["a", "b"]}
+    with pytest.raises(ValueError, match="eval split is empty"):
+        evaluate.held_out_prompts(SimpleNamespace(train=pairs, eval=pairs.select([])), None)
+
+
 def test_reward_model_judge_is_antisymmetric(run_layout):
     cfg, run_dir = run_layout
     judge = RewardModelJudge.from_path(str(run_dir.final_dir("rm")), cfg.model, work_dir=run_dir.root / "unused",

@@ -82,9 +82,70 @@ def test_bad_data_config_exits_2_before_loading(tmp_path, cache_dir, override, m
     assert not (tmp_path / "demo").exists()
 
 
-def test_shares_from_the_shell(tmp_path, cache_dir, tiny_model):
+def test_shares_from_the_shell(tmp_path, cache_dir, tiny_model, capsys):
     assert main([*common(tmp_path, cache_dir), "run.dry_run=true", "+data.sft.mixture.language.shares.en=0.5",
                  "data.sft.mixture.budget=2000"]) == 0
+    out = capsys.readouterr().out
+    assert "data set `sft`: mixture plan, 2,000 examples" in out and "50.00%" in out  # shown before training
     report = json.loads((tmp_path / "demo" / "data" / "sft" / "mixture.json").read_text())
     assert report["train_rows"] == 2000
     assert abs(report["languages"]["en"]["realised_share"] - 0.5) <= 0.005
+
+
+def test_token_budget_through_the_run(tmp_path, cache_dir, tiny_model):
+    """unit: tokens counts the model's chat template; the planned rows hold the budget to within one row."""
+    assert main([*common(tmp_path, cache_dir), "run.dry_run=true", "data.sft.mixture.unit=tokens",
+                 "data.sft.mixture.budget=60000", "data.sft.mixture.language.alpha=0.0",
+                 "data.sft.mixture.language.max_epochs=null"]) == 0
+    report = json.loads((tmp_path / "demo" / "data" / "sft" / "mixture.json").read_text())
+    assert report["unit"] == "tokens" and all(g["tokens"] > 0 for g in report["groups"])
+    from aya_train.pipeline import DataCache
+    from aya_train.recipe import compose_recipe
+
+    cfg = compose_recipe("demo", [*common(tmp_path, cache_dir)[1:], "data.sft.mixture.unit=tokens",
+                                  "data.sft.mixture.budget=60000", "data.sft.mixture.language.alpha=0.0",
+                                  "data.sft.mixture.language.max_epochs=null"])
+    data = DataCache(cfg)("sft")
+    used = int((data.plan.repeats * data.available_tokens).sum())
+    assert abs(used - 60000) <= data.available_tokens.max()
+    assert len(data.train_tokens) == data.train.num_rows and int(data.train_tokens.sum()) == used
+    tok = DataCache(cfg).tokenizer()
+    for i in range(0, data.train.num_rows, max(1, data.train.num_rows // 7)):  # aligned row by row
+        ids = tok.apply_chat_template(data.train[i]["messages"], return_dict=True)["input_ids"]
+        assert len(ids) == data.train_tokens[i]
+    assert data.plan.digest == report["plan_digest"]  # the same plan in every process
+    shares = report["languages"]
+    assert all(abs(v["realised_share"] - 1 / len(shares)) <= 0.005 for v in shares.values())
+
+
+def test_preference_sets_are_mixed_alike(tmp_path):
+    from aya_train.config import DataSetConfig, MixtureConfig, MixtureLevelConfig, SourceConfig
+    from aya_train.data.loading import load_data
+    from aya_train.data.mixture import apply_mixture
+
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}", "language": lang}
+            for lang, n in (("en", 90), ("sw", 10)) for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = DataSetConfig(sources=[SourceConfig(path=str(path), format="preference")], eval_fraction=0.0,
+                       mixture=MixtureConfig(budget=200, language=MixtureLevelConfig(alpha=0.0)))
+    data = load_data(ds, seed=0)
+    apply_mixture(data, ds.mixture, seed=0)
+    assert data.train.num_rows == 200 and data.train.column_names[:3] == ["prompt", "chosen", "rejected"]
+    counts = {lang: data.train["language"].count(lang) for lang in ("en", "sw")}
+    assert counts == {"en": 100, "sw": 100}  # sw's 10 pairs 10 times each
+
+
+def test_a_set_with_no_good_rows_stops_with_exit_2(tmp_path, cache_dir, tiny_model, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text("not json\n")
+    assert main([*common(tmp_path, cache_dir), "run.dry_run=true", f"data.sft.sources=[{{path: {data}}}]",
+                 "data.sft.on_error=skip"]) == 2
+    err = capsys.readouterr().err
+    assert "data.sft: no training rows left (1 bad" in err and "quarantine.jsonl" in err
+
+
+def test_a_share_for_an_absent_language_exits_2(tmp_path, cache_dir, tiny_model, capsys):
+    assert main([*common(tmp_path, cache_dir), "run.dry_run=true", "+data.sft.mixture.language.shares.sw=0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "data.sft.mixture.language.shares: no language `sw` in the data" in err and "Traceback" not in err

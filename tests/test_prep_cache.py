@@ -8,10 +8,12 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from aya_train.cli import main
+from aya_train.data import collect
 from aya_train.modeling import load_model, load_tokenizer
 from aya_train.recipe import compose_recipe
 from aya_train.stages import sft
-from aya_train.stages.prep_cache import PreparedDataCache, prepared_key, tokenizer_fingerprint
+from aya_train.data.tokens import token_stats
+from aya_train.stages.prep_cache import PreparedDataCache, TokenStatsCache, prepared_key, tokenizer_fingerprint
 from aya_train.stages.sft import AyaSFTTrainer
 
 from .conftest import quick_overrides
@@ -40,17 +42,18 @@ def test_rerun_and_next_run_never_tokenise_again(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     prepared = _count_calls(monkeypatch, SFTTrainer, "_prepare_dataset")
     counted = _count_calls(monkeypatch, sft, "token_counts")
+    measured = _count_calls(monkeypatch, collect, "token_stats")  # the data report's token counts
     first = ["recipe=demo", *quick_overrides(tmp_path / "runs", cache, steps=2), "run.name=first"]
     assert main(first) == 0
-    assert prepared  # train + every eval subset prepared once
+    assert prepared and measured  # train + every eval subset prepared once; rows measured for the data report
     entries = sorted(p.name for p in (cache / "prepared").iterdir())
-    prepared.clear(), counted.clear()
+    prepared.clear(), counted.clear(), measured.clear()
 
     # a new run on the same data, tokenizer, template and max length (other training settings differ)
     second = ["recipe=demo", *quick_overrides(tmp_path / "runs", cache, steps=3), "run.name=second",
               "stages.sft.learning_rate=1e-3"]
     assert main(second) == 0
-    assert prepared == [] and counted == []
+    assert prepared == [] and counted == [] and measured == []
     assert sorted(p.name for p in (cache / "prepared").iterdir()) == entries
     first_table = (tmp_path / "runs" / "first" / "sft" / "languages.json").read_text()
     second_table = (tmp_path / "runs" / "second" / "sft" / "languages.json").read_text()
@@ -93,3 +96,24 @@ def test_key_changes_with_rows_tokenizer_template_and_settings(tiny_model):
                                settings)
     tok.add_tokens(["<extra_token>"])
     assert tokenizer_fingerprint(tok, None) != tok_fp
+
+
+def test_token_stats_are_measured_once_per_content(tiny_model, tmp_path):
+    cfg = compose_recipe("demo")
+    tok = load_tokenizer(cfg.model, tiny_model)
+    records = [{"messages": conv, "language": "xx"} for conv in CONVERSATIONS]
+    calls = []
+
+    def compute(*args):
+        calls.append(1)
+        return token_stats(*args)
+
+    cache = TokenStatsCache(tmp_path)
+    first = cache(records, "conversation", tok, compute)
+    again = TokenStatsCache(tmp_path)(records, "conversation", tok, compute)  # a new process, the same rows
+    assert len(calls) == 1
+    for name in ("tokens", "longest", "content_tokens", "chars", "words"):
+        assert list(getattr(again, name)) == list(getattr(first, name))
+    changed = [dict(records[0], messages=records[1]["messages"])] + records[1:]
+    TokenStatsCache(tmp_path)(changed, "conversation", tok, compute)
+    assert len(calls) == 2

@@ -81,6 +81,17 @@ def _from_tag(value: str) -> str:
 
 def normalize_language(value: str) -> str:
     """Canonical BCP-47 base subtag (2-letter where one exists) for a code, tag or English name."""
+    if not isinstance(value, str):
+        return _normalize(value)
+    return _normalize_cached(value)  # rows repeat a handful of labels: resolve each once
+
+
+@functools.lru_cache(maxsize=65536)
+def _normalize_cached(value: str) -> str:
+    return _normalize(value)
+
+
+def _normalize(value: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise UnknownLanguageError(
             f"language {value!r} is empty or not a string; give a code such as 'sw' or a name such as 'Swahili'"

@@ -8,34 +8,33 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from datasets import Dataset, Features, List as ListFeature, Value
 
 from aya_train.config import DataSetConfig, SourceConfig
+from aya_train.data.collect import OVER_LENGTH_POLICIES, Collector
 from aya_train.data.languages import UnknownLanguageError, normalize_language
 from aya_train.data.presets import format_kind, get_preset
 from aya_train.data.quarantine import RAISE, Quarantine
 from aya_train.data.readers import BadRow, iter_rows, source_name
 from aya_train.data.records import RowContext, record_builder
 from aya_train.data.schema import (
-    CONVERSATION, CONVERSATION_FIELDS, KINDS, OVER_LENGTH, PREFERENCE, PREFERENCE_FIELDS, ExcludedRow, RowError,
+    CONVERSATION, CONVERSATION_FIELDS, KINDS, PREFERENCE, PREFERENCE_FIELDS, ExcludedRow, RowError,
 )
-from aya_train.data.tokens import TokenStats, fertility, token_stats
+from aya_train.data.tokens import fertility
 
-Record = Dict[str, Any]
 DEMO_CORPUS = "pkg://chatterbot_corpus/data"
 
 _MESSAGES = ListFeature({"role": Value("string"), "content": Value("string")})
 _LABELS = {"language": Value("string"), "task": Value("string"), "source": Value("string"), "id": Value("string"),
-           "language_inferred": Value("bool")}
+           "language_inferred": Value("bool"), "language_confidence": Value("float32")}
 CONVERSATION_FEATURES = Features({"messages": _MESSAGES, **_LABELS})
 PREFERENCE_FEATURES = Features({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES, **_LABELS})
 FEATURES = {CONVERSATION: CONVERSATION_FEATURES, PREFERENCE: PREFERENCE_FEATURES}
 # schema.py names the columns; keep them in step
 assert tuple(CONVERSATION_FEATURES) == CONVERSATION_FIELDS and tuple(PREFERENCE_FEATURES) == PREFERENCE_FIELDS
-OVER_LENGTH_POLICIES = ("truncate", "drop")
 LANGUAGE_MISMATCH_POLICIES = ("warn", "drop", "ignore")
 
 
@@ -48,6 +47,8 @@ class DataSummary:
     excluded: Dict[str, int] = field(default_factory=dict)  # reason -> rows not loaded (by design, e.g. hinglish)
     adjusted: Dict[str, int] = field(default_factory=dict)  # change made -> rows loaded after that change
     language_inferred: int = 0  # rows whose language was identified from the text
+    # language -> {"rows": identified rows, "mean_confidence": their mean identification confidence}
+    inferred_by_language: Dict[str, Dict[str, float]] = field(default_factory=dict)
     kind: str = CONVERSATION
     # Bad rows (on_error: skip): total, per reason, per reason and language, and the quarantine file.
     quarantined: Dict[str, Any] = field(default_factory=dict)
@@ -61,7 +62,7 @@ class DataSummary:
         """JSON-ready form for manifests and reports."""
         return {"kind": self.kind, "train": self.train, "eval": self.eval, "excluded": self.excluded,
                 "adjusted": self.adjusted, "language_inferred": self.language_inferred,
-                "quarantined": self.quarantined, "max_length": self.max_length, "over_length": self.over_length,
+                "inferred_by_language": self.inferred_by_language, "quarantined": self.quarantined, "max_length": self.max_length, "over_length": self.over_length,
                 "rows_by_language": self.rows_by_language, "fertility": self.fertility}
 
 
@@ -70,8 +71,8 @@ class LoadedData:
     """Canonical records split into train and eval, with their summary.
 
     `available` is the train split as read; `train` is what the stage trains on (the mixture plan's rows of
-    `available`, repeats included; the same object when no plan was applied). `train_tokens` holds the
-    token length of each `available` row when a tokenizer was given.
+    `available`, repeats included; the same object when no plan was applied). With a tokenizer,
+    `train_tokens[i]` is the token length of `train[i]` and `available_tokens[i]` that of `available[i]`.
     """
 
     train: Dataset
@@ -80,12 +81,13 @@ class LoadedData:
     kind: str = CONVERSATION
     train_tokens: Optional[np.ndarray] = None
     available: Optional[Dataset] = None
+    available_tokens: Optional[np.ndarray] = None
     plan: Any = None  # aya_train.data.mixture.MixturePlan once a mixture was applied
     report_dir: Any = None  # where the data report was written (run directory only)
 
     def __post_init__(self) -> None:
         if self.available is None:
-            self.available = self.train
+            self.available, self.available_tokens = self.train, self.train_tokens
 
     @cached_property
     def fingerprint(self) -> str:
@@ -116,12 +118,13 @@ def load_conversations(ds: DataSetConfig, seed: int, **kwargs: Any) -> LoadedDat
 
 
 def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: Optional[int] = None,
-              quarantine: Optional[Quarantine] = None) -> LoadedData:
+              quarantine: Optional[Quarantine] = None, stats_cache: Any = None) -> LoadedData:
     """Read every source of `ds` into canonical records and split each language into train/eval.
 
     Bad rows go to `quarantine` (default: raise at the first). With a tokenizer, every row's templated
     length is measured; rows longer than `max_length` are counted per language and, with
-    `over_length: drop`, handed to the quarantine.
+    `over_length: drop`, handed to the quarantine. `stats_cache` (aya_train.stages.prep_cache.TokenStatsCache)
+    keeps those measurements, so that a rerun does not tokenise again.
     """
     if not ds.sources:
         raise ValueError("data set has no `sources`; add at least one {path: ..., format: ...}")
@@ -131,10 +134,10 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
     on_error = getattr(ds, "on_error", RAISE)
     quarantine = quarantine or Quarantine(on_error)
     build = record_builder(kind)
-    records: List[Record] = []
-    locations: List[str] = []
     excluded: Counter = Counter()
     adjusted: Counter = Counter()
+    rows = Collector(kind, tokenizer, max_length, getattr(ds, "over_length", "truncate"), quarantine, adjusted)
+    rows.stats_cache = stats_cache
     keep_languages = {normalize_language(lang) for lang in ds.languages} if getattr(ds, "languages", None) else None
     for src in ds.sources:
         preset = get_preset(src.format, kind)
@@ -157,64 +160,25 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
                 excluded["language not in the data set's `languages`"] += 1
                 continue
             adjusted.update(notes)
-            records.append(record)
-            locations.append(location)
-    stats, over = None, Counter()
-    if tokenizer is not None and records:
-        stats = token_stats(records, kind, tokenizer)
-        if max_length:
-            records, locations, stats, over = _over_length(records, locations, stats, max_length,
-                                                           getattr(ds, "over_length", "truncate"), quarantine)
-    split_keys = _unique_ids(records, adjusted)
-    held_out = split_by_language([r["language"] for r in records], split_keys, ds.eval_fraction,
-                                 ds.max_eval_rows_per_language, seed)
-    train_idx = [i for i in range(len(records)) if i not in held_out]
-    train_rows = [records[i] for i in train_idx]
-    eval_rows = [r for i, r in enumerate(records) if i in held_out]
+            rows.add(record, location)
+    table, stats = rows.finish()
+    held = np.zeros(table.num_rows, dtype=bool)
+    held[sorted(split_by_language(rows.languages, rows.keys, ds.eval_fraction, ds.max_eval_rows_per_language,
+                                  seed))] = True
+    train_idx, eval_idx = np.flatnonzero(~held), np.flatnonzero(held)
+    labels = list(zip(rows.languages, rows.tasks))
     summary = DataSummary(
-        train=_counts(train_rows), eval=_counts(eval_rows), excluded=dict(sorted(excluded.items())),
-        adjusted=dict(sorted(adjusted.items())), language_inferred=sum(r["language_inferred"] for r in records),
-        kind=kind, quarantined=quarantine.to_dict(), max_length=max_length if stats is not None else None,
-        over_length=dict(sorted(over.items())),
-        rows_by_language=dict(sorted(Counter(r["language"] for r in records).items())),
-        fertility=fertility([r["language"] for r in records], stats) if stats is not None else {},
+        train=_counts([labels[i] for i in train_idx]), eval=_counts([labels[i] for i in eval_idx]),
+        excluded=dict(sorted(excluded.items())), adjusted=dict(sorted(adjusted.items())),
+        language_inferred=rows.inferred, kind=kind,
+        inferred_by_language={lang: {"rows": n, "mean_confidence": rows.confidence[lang] / n}
+                              for lang, n in sorted(rows.inferred_rows.items())}, quarantined=quarantine.to_dict(),
+        max_length=max_length if stats is not None else None, over_length=dict(sorted(rows.over.items())),
+        rows_by_language=dict(sorted(Counter(rows.languages).items())),
+        fertility=fertility(rows.languages, stats) if stats is not None else {},
     )
-    return LoadedData(_to_dataset(train_rows, kind), _to_dataset(eval_rows, kind), summary, kind=kind,
-                      train_tokens=stats.tokens[np.asarray(train_idx, dtype=np.int64)] if stats is not None else None)
-
-
-def _over_length(records, locations, stats: TokenStats, max_length: int, policy: str, quarantine: Quarantine):
-    """Count rows longer than max_length per language; with policy `drop`, quarantine them (or raise)."""
-    if policy not in OVER_LENGTH_POLICIES:
-        raise ValueError(f"over_length must be one of {', '.join(OVER_LENGTH_POLICIES)}, got {policy!r}")
-    over = Counter()
-    keep = np.ones(len(records), dtype=bool)
-    for i in np.flatnonzero(stats.longest > max_length):
-        record = records[i]
-        over[record["language"]] += 1
-        if policy == "drop":
-            quarantine.add(locations[i], OVER_LENGTH,
-                           f"{int(stats.longest[i])} tokens after the chat template, over max_length {max_length}",
-                           record, language=record["language"],
-                           hint="raise the stage's max_length, shorten the row, or set over_length: truncate")
-            keep[i] = False
-    if keep.all():
-        return records, locations, stats, over
-    kept = np.flatnonzero(keep)
-    stats = TokenStats(*(getattr(stats, f)[kept] for f in ("tokens", "longest", "content_tokens", "chars", "words")))
-    return [records[i] for i in kept], [locations[i] for i in kept], stats, over
-
-
-def _unique_ids(records: List[Record], adjusted: Counter) -> List[str]:
-    """Split keys (the id before any #N suffix, so identical rows share a side); repeated ids get #N."""
-    keys, seen = [], Counter()
-    for record in records:
-        keys.append(record["id"])
-        seen[record["id"]] += 1
-        if seen[record["id"]] > 1:  # identical conversation (or row id) again: kept, id made unique
-            record["id"] = f"{record['id']}#{seen[record['id']]}"
-            adjusted["repeated conversation or row id; kept, id suffixed #N"] += 1
-    return keys
+    return LoadedData(_dataset(table.take(train_idx), kind), _dataset(table.take(eval_idx), kind), summary,
+                      kind=kind, train_tokens=stats.tokens[train_idx] if stats is not None else None)
 
 
 def _source_language(src: SourceConfig) -> Optional[str]:
@@ -247,17 +211,19 @@ def split_by_language(languages: Sequence[str], keys: Sequence[str], eval_fracti
     return held_out
 
 
-def _counts(rows: List[Record]) -> Dict[str, Dict[str, int]]:
+def _counts(labels: List[Tuple[str, str]]) -> Dict[str, Dict[str, int]]:
+    """language -> task -> rows, from (language, task) pairs."""
     counts: Dict[str, Counter] = defaultdict(Counter)
-    for row in rows:
-        counts[row["language"]][row["task"]] += 1
+    for language, task in labels:
+        counts[language][task] += 1
     return {lang: dict(sorted(tasks.items())) for lang, tasks in sorted(counts.items())}
 
 
-def _to_dataset(rows: List[Record], kind: str = CONVERSATION) -> Dataset:
-    features = FEATURES[kind]
-    columns = {name: [row[name] for row in rows] for name in features}
-    return Dataset.from_dict(columns, features=features)
+def _dataset(table: Any, kind: str) -> Dataset:
+    from datasets import DatasetInfo
+    from datasets.table import InMemoryTable
+
+    return Dataset(InMemoryTable(table), info=DatasetInfo(features=FEATURES[kind]))
 
 
 def fingerprint(*datasets: Dataset) -> str:

@@ -30,7 +30,7 @@ class MixturePlan:
     """Per row: times used (`repeats`); per leaf group (source, language, task): sizes, targets, realised."""
 
     indices: np.ndarray  # int64 rows of the available train split, ascending, repeats adjacent
-    repeats: np.ndarray  # int32 per available row
+    repeats: np.ndarray  # times each available row is used (intp)
     groups: List[Tuple[str, str, str]]  # (source, language, task) per leaf group, sorted
     rows: np.ndarray  # available rows per group
     units: np.ndarray  # available size per group in `unit` (rows or tokens)
@@ -55,14 +55,14 @@ class MixturePlan:
 
 
 def encode(column: Any) -> Tuple[np.ndarray, List[str]]:
-    """Codes (int32, in sorted name order) and names of a string column (Arrow array or sequence)."""
+    """Codes (integers, in sorted name order) and names of a string column (Arrow array or sequence)."""
     arr = column if isinstance(column, (pa.Array, pa.ChunkedArray)) else pa.array(list(column), pa.string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if not pa.types.is_dictionary(arr.type):
         arr = pc.dictionary_encode(arr)
     names = [str(n) for n in arr.dictionary.to_pylist()]
-    codes = arr.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    codes = arr.indices.to_numpy(zero_copy_only=False)  # int8/16/32 as Arrow chose: no copy
     order = np.argsort(np.asarray(names, dtype=object), kind="stable")
     if np.array_equal(order, np.arange(len(names))):
         return codes, names
@@ -73,8 +73,35 @@ def encode(column: Any) -> Tuple[np.ndarray, List[str]]:
 
 def _level(cfg: Any, level: str) -> Dict[str, Any]:
     node = getattr(cfg, level)
-    return {"alpha": float(node.alpha), "weights": dict(node.weights or {}), "shares": dict(node.shares or {}),
+    key = _language_key if level == "language" else str
+    return {"alpha": float(node.alpha), "weights": {key(k): v for k, v in (node.weights or {}).items()},
+            "shares": {key(k): v for k, v in (node.shares or {}).items()},
             "max_epochs": None if node.max_epochs is None else float(node.max_epochs)}
+
+
+def _language_key(name: Any) -> str:
+    """Language names in weights/shares mean what they mean in the data: `Swahili`, `swh` and `sw` are one."""
+    from aya_train.data.languages import UnknownLanguageError, normalize_language
+
+    try:
+        return normalize_language(str(name))
+    except UnknownLanguageError:
+        return str(name)  # reported as naming no group
+
+
+def _check_names(levels: List[Dict[str, Any]], names: List[List[str]], order: List[str]) -> None:
+    """A weight or share for a name no row has is a typo, not a no-op: say which names exist."""
+    import difflib
+
+    for level, lv, present in zip(order, levels, names):
+        for kind in ("weights", "shares"):
+            for name in lv[kind]:
+                if name not in present:
+                    close = difflib.get_close_matches(name, present, n=1)
+                    hint = f" Did you mean `{close[0]}`?" if close else ""
+                    shown = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "")
+                    raise MixtureError(f"mixture.{level}.{kind}: no {level} `{name}` in the data.{hint} "
+                                       f"The data has: {shown}.")
 
 
 def check_mixture(cfg: Any, where: str = "mixture") -> None:
@@ -147,8 +174,9 @@ def plan_mixture(labels: Dict[str, Any], cfg: Any, seed: int, sizes: Optional[np
     if space <= 50_000_000:  # counting over the whole label space is O(rows)
         counts = np.bincount(combined, minlength=space)
         present = np.flatnonzero(counts)
-        remap = np.full(space, -1, np.int32)
-        remap[present] = np.arange(len(present), dtype=np.int32)
+        # uint16 group ids when they fit: half the memory, and they sort by radix in O(n)
+        remap = np.zeros(space, np.uint16 if len(present) <= 65536 else np.int32)
+        remap[present] = np.arange(len(present))
         leaf, rows = remap[combined], counts[present]
     else:
         present, leaf, rows = np.unique(combined, return_inverse=True, return_counts=True)
@@ -158,13 +186,14 @@ def plan_mixture(labels: Dict[str, Any], cfg: Any, seed: int, sizes: Optional[np
     units = rows.astype(np.float64) if unit_size is None else np.bincount(leaf, weights=unit_size,
                                                                            minlength=len(present))
     budget = float(cfg.budget) if cfg.budget is not None else float(units.sum())
-    target, capped = _targets(digits, units, [encoded[lv][1] for lv in order], [_level(cfg, lv) for lv in order],
-                              budget)
+    levels = [_level(cfg, lv) for lv in order]
+    _check_names(levels, [encoded[lv][1] for lv in order], order)
+    target, capped = _targets(digits, units, [encoded[lv][1] for lv in order], levels, budget)
     position = {lv: i for i, lv in enumerate(order)}
     groups = [tuple(encoded[lv][1][d[position[lv]]] for lv in LEVELS) for d in digits]
     repeats, realised_rows, realised_units, distinct = _realise(leaf, unit_size, rows, units, target, groups, seed)
     indices = (np.flatnonzero(repeats) if repeats.max(initial=0) <= 1
-               else np.repeat(np.arange(n, dtype=np.int64), repeats.astype(np.intp)))
+               else np.repeat(np.arange(n, dtype=np.int64), repeats))
     tokens = (None if sizes is None else units if unit_size is not None
               else np.bincount(leaf, weights=np.asarray(sizes), minlength=len(rows)))
     return MixturePlan(indices, repeats, groups, rows, units, target, realised_rows, realised_units, capped,
@@ -222,14 +251,15 @@ def _realise(leaf: np.ndarray, unit_size: Optional[np.ndarray], rows: np.ndarray
     safe = np.where(units > 0, units, 1.0)
     passes = np.where(units > 0, np.floor(target / safe + 1e-9), 0).astype(np.int64)
     rest = target - passes * units
-    repeats = passes.astype(np.int32)[leaf] if passes.any() else np.zeros(len(leaf), np.int32)
+    # intp: what np.repeat wants (a narrower type costs a conversion pass over every row)
+    repeats = passes.astype(np.intp)[leaf] if passes.any() else np.zeros(len(leaf), np.intp)
     realised_rows, realised_units = passes * rows, passes * units
     distinct = np.where(passes > 0, rows, 0)
     need = np.flatnonzero((rest > 1e-9) & (units > 0))
     extra: List[Tuple[float, int, int]] = []  # (fraction of the next row still wanted, group, row)
     if need.size:
-        # uint16 group ids sort by radix in O(n); rows keep their order inside a group (stable)
-        by_group = np.argsort(leaf.astype(np.uint16) if len(rows) <= 65536 else leaf, kind="stable")
+        # rows keep their order inside a group (stable); uint16 ids sort by radix
+        by_group = np.argsort(leaf, kind="stable")
         starts = np.concatenate([[0], np.cumsum(rows)])
     for g in need:
         members = by_group[starts[g]:starts[g + 1]]
@@ -266,11 +296,13 @@ def _realise(leaf: np.ndarray, unit_size: Optional[np.ndarray], rows: np.ndarray
 
 
 def apply_mixture(data: Any, cfg: Any, seed: int) -> None:
-    """Plan the mixture over `data.available` and set `data.train` to the planned rows and `data.plan`."""
+    """Plan the mixture over `data.available`; set `data.train` (and `data.train_tokens`) to the planned rows."""
     table = data.available.data.table if hasattr(data.available.data, "table") else data.available.data
     labels = {lv: table.column(lv) for lv in LEVELS}
     if data.available.num_rows == 0:
         return
-    plan = plan_mixture(labels, cfg, seed, sizes=data.train_tokens)
+    plan = plan_mixture(labels, cfg, seed, sizes=data.available_tokens)
     data.plan = plan
     data.train = data.available if plan.is_identity else data.available.select(plan.indices)
+    if data.available_tokens is not None:  # lengths stay aligned with the rows they describe
+        data.train_tokens = data.available_tokens if plan.is_identity else data.available_tokens[plan.indices]

@@ -40,7 +40,8 @@ def report_dict(data: Any, name: str) -> Dict[str, Any]:
         "available_rows": int(data.available.num_rows), "train_rows": int(data.train.num_rows),
         "eval_rows": int(data.eval.num_rows), "groups": groups,
         "quarantined": summary.quarantined, "excluded": summary.excluded, "adjusted": summary.adjusted,
-        "language_inferred": summary.language_inferred, "max_length": summary.max_length,
+        "language_inferred": summary.language_inferred, "inferred_by_language": summary.inferred_by_language,
+        "max_length": summary.max_length,
         "languages": {lang: {"rows": rows, **mix.get(lang, {}), **summary.fertility.get(lang, {}),
                              "over_length": over.get(lang, 0),
                              "truncation_rate": over.get(lang, 0) / rows if rows else 0.0}
@@ -102,7 +103,9 @@ def markdown(report: Dict[str, Any]) -> str:
             lines.append(f"\n{title}:")
             lines += [f"- {reason}: {count:,}" for reason, count in counts.items()]
     if report["language_inferred"]:
-        lines.append(f"\nLanguage identified offline for {report['language_inferred']:,} rows.")
+        per = ", ".join(f"{lang} {v['rows']:,} (mean confidence {v['mean_confidence']:.2f})"
+                        for lang, v in report["inferred_by_language"].items())
+        lines.append(f"\nLanguage identified offline for {report['language_inferred']:,} rows: {per}.")
     if report["groups"]:
         lines += ["", f"<details><summary>All {len(report['groups'])} groups (source x language x task)</summary>", "",
                   "| source | language | task | rows | tokens | target share | realised share | epochs | not sampled |",

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 
 from aya_train.data.loading import LoadedData, load_data
 from aya_train.data.quarantine import QUARANTINE_FILE, SKIP, Quarantine
+from aya_train.data.schema import DataError
 
 log = logging.getLogger("aya_train")
 
@@ -36,26 +37,40 @@ def prepare_data_set(cfg: Any, name: str, run_root: Path, is_main: bool,
                      tokenizer: Callable[[], Any]) -> LoadedData:
     """Load data set `name` of the run config `cfg`, mixed and reported. `tokenizer()` returns the model's
     tokenizer or None when it cannot be loaded (token counts are then left out)."""
-    from aya_train.data.mixture import apply_mixture
+    from aya_train.data.mixture import MixtureError, apply_mixture
+    from aya_train.stages.prep_cache import TokenStatsCache, cache_root
     from aya_train.data.mixture_report import record_in_manifest, write_report
 
     ds = cfg.data[name]
     out = mixture_report_dir(run_root, name)
     path = out / QUARANTINE_FILE if is_main and ds.on_error == SKIP else None
-    quarantine = Quarantine(ds.on_error, path)
+    quarantine = Quarantine(ds.on_error, path, keep_entries=is_main)  # other ranks only count
     tok = tokenizer()
     if tok is None and needs_tokens(ds):
-        raise ValueError(f"data.{name}.mixture.unit is tokens but the model's tokenizer could not be loaded")
+        raise DataError(f"data.{name}.mixture.unit", "is tokens, but the model's tokenizer could not be loaded "
+                        "(see the warning above)", hint="make model.name_or_path loadable, or use unit: examples")
     data = load_data(ds, seed=cfg.run.seed, tokenizer=tok, max_length=stages_max_length(cfg, name),
-                     quarantine=quarantine)
-    apply_mixture(data, ds.mixture, seed=cfg.run.seed)
+                     quarantine=quarantine, stats_cache=TokenStatsCache(cache_root(cfg.run)))
+    try:
+        apply_mixture(data, ds.mixture, seed=cfg.run.seed)
+    except MixtureError as exc:  # settings that do not fit this data (e.g. a share for an absent language)
+        raise DataError(f"data.{name}", str(exc).replace("mixture.", f"data.{name}.mixture.", 1),
+                        hint="fix the mixture settings; the names are those of the rows (canonical codes)") from None
     if quarantine.total:
         log.warning("data set %s: %d bad row(s) quarantined in %s (%s)", name, quarantine.total, path or "memory",
                     ", ".join(f"{k}: {v}" for k, v in quarantine.counts.items()))
     if is_main:
+        from aya_train.report import print_mixture
+
         data.report_dir = out
         files = write_report(data, name, out)
         record_in_manifest(run_root, name, data, files)
+        print_mixture(name, data)
+    if data.available.num_rows == 0:
+        where = f"; the bad rows are in {path}" if quarantine.total and path else ""
+        raise DataError(f"data.{name}", f"no training rows left ({quarantine.total} bad, "
+                        f"{sum(data.summary.excluded.values())} left out by design){where}",
+                        hint="fix the sources or their `format`; the data report lists every reason")
     return data
 
 

@@ -40,14 +40,14 @@ def split_location(location: str) -> Dict[str, Any]:
 class Quarantine:
     """Where bad rows go. In raise mode `add` raises DataError; in skip mode it records and counts the row."""
 
-    def __init__(self, on_error: str = RAISE, path: Optional[Path] = None) -> None:
+    def __init__(self, on_error: str = RAISE, path: Optional[Path] = None, keep_entries: bool = True) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
-        self.on_error, self.path = on_error, path
+        self.on_error, self.path, self.keep_entries = on_error, path, keep_entries
         self.counts: Counter = Counter()  # category -> rows
         self.by_language: Dict[str, Counter] = {}  # category -> language -> rows
         self._entries: list = []
-        # Entries kept in memory when there is no file to write (library use, tests).
+        # Entries kept in memory when there is no file to write (library use, tests; not on other ranks).
         self.entries: list = []
         if path is not None and on_error == SKIP:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,8 @@ class Quarantine:
 
     def flush(self) -> None:
         if self.path is None:
-            self.entries.extend(json.loads(e) for e in self._entries)
+            if self.keep_entries:
+                self.entries.extend(json.loads(e) for e in self._entries)
         elif self._entries:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write("\n".join(self._entries) + "\n")

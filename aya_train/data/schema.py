@@ -6,7 +6,8 @@ Conversation record (what every reader + preset produces)::
      "language": "sw",          # canonical code (aya_train.data.languages.normalize_language)
      "task": "general",         # free label; mixtures group by it
      "source": "aya_dataset",   # source label (SourceConfig.name or the file/folder stem)
-     "id": "aya_dataset:3f2a..."}  # stable: source + the row's own id, or a hash of its content
+     "id": "aya_dataset:3f2a...",  # stable: source + the row's own id, or a hash of its content
+     "language_inferred": False, "language_confidence": 1.0}  # identified offline? with what confidence
 
 Preference record (what every preference preset produces)::
 
@@ -16,7 +17,8 @@ Preference record (what every preference preset produces)::
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping  # typing.Mapping makes isinstance much slower per row
+from typing import Any, Optional
 
 MESSAGES = "messages"
 LANGUAGE = "language"
@@ -25,12 +27,14 @@ SOURCE = "source"
 ID = "id"
 # Whether `language` came from offline identification rather than the data or the config.
 LANGUAGE_INFERRED = "language_inferred"
-CONVERSATION_FIELDS = (MESSAGES, LANGUAGE, TASK, SOURCE, ID, LANGUAGE_INFERRED)
+# Confidence of that identification (0..1); 1.0 when the data or the config gave the language.
+LANGUAGE_CONFIDENCE = "language_confidence"
+CONVERSATION_FIELDS = (MESSAGES, LANGUAGE, TASK, SOURCE, ID, LANGUAGE_INFERRED, LANGUAGE_CONFIDENCE)
 
 PROMPT = "prompt"
 CHOSEN = "chosen"
 REJECTED = "rejected"
-PREFERENCE_FIELDS = (PROMPT, CHOSEN, REJECTED, LANGUAGE, TASK, SOURCE, ID, LANGUAGE_INFERRED)
+PREFERENCE_FIELDS = (PROMPT, CHOSEN, REJECTED, LANGUAGE, TASK, SOURCE, ID, LANGUAGE_INFERRED, LANGUAGE_CONFIDENCE)
 
 # Kinds of data set (DataSetConfig.kind).
 CONVERSATION = "conversation"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Optional
 
-# kind -> (module with `run(ctx) -> StageResult`, trl config class name used for `args` checks)
+# kind -> (module with `run(ctx) -> StageResult`, trl config class name used for `args` checks, or None
+# for a stage that trains nothing and has no `args`)
 _REGISTRY = {
     "sft": ("aya_train.stages.sft", "SFTConfig"),
     "reward": ("aya_train.stages.reward", "RewardConfig"),
@@ -15,6 +16,7 @@ _REGISTRY = {
     # Stages without a trl trainer: no `args` passthrough.
     "merge": ("aya_train.stages.merge", None),
     "evaluate": ("aya_train.stages.evaluate", None),
+    "export": ("aya_train.stages.export", None),
 }
 
 

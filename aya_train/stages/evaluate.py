@@ -19,18 +19,15 @@ from aya_train.stages.common import StageContext, StageResult
 
 
 def held_out_prompts(loaded: Any, per_language: int | None) -> Dict[str, list]:
-    """{prompt, language, id} columns from a data set's eval split: conversations without their last reply,
-    or preference pairs' prompts; at most `per_language` per language, in split order."""
-    held = loaded.eval
-    if "messages" in held.column_names:
-        prompts = [m[:-1] for m in held["messages"]]
-    elif "prompt" in held.column_names:
-        prompts = list(held["prompt"])
-    else:
-        raise ValueError(f"the eval split has neither `messages` nor `prompt` (columns: {held.column_names})")
+    """{prompt, language, id} of a data set's held-out split, as the rl stage and the fidelity measurements
+    take them (aya_train.data.contrast.as_prompts: conversations without their last reply, or preference
+    pairs' prompts); at most `per_language` per language, in split order."""
+    from aya_train.data.contrast import as_prompts
+
+    held = as_prompts(loaded).eval
     out: Dict[str, list] = {"prompt": [], "language": [], "id": []}
     taken: Dict[str, int] = {}
-    for prompt, lang, row_id in zip(prompts, held["language"], held["id"]):
+    for prompt, lang, row_id in zip(held["prompt"], held["language"], held["id"]):
         if per_language is not None and taken.get(lang, 0) >= per_language:
             continue
         taken[lang] = taken.get(lang, 0) + 1
@@ -156,7 +153,7 @@ def plot(results: Dict[str, Any], path: Path) -> None:
     langs = list(results["prompts_per_language"]) + [winrate.ALL]
     models = list(results["models"])
     width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(langs) * max(len(models), 1) + 2), 4))
+    fig, ax = plt.subplots(figsize=(min(20.0, max(6.0, 0.12 * len(langs) * max(len(models), 1) + 2)), 4.5))
     x = np.arange(len(langs))
     for k, name in enumerate(models):
         rates = [results["models"][name]["win_rates"][lang] for lang in langs]
@@ -165,10 +162,10 @@ def plot(results: Dict[str, Any], path: Path) -> None:
         ax.bar(x + (k - (len(models) - 1) / 2) * width, mid, width, yerr=err, capsize=2, label=name)
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(x, langs, rotation=60)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.1)
     ax.set_ylabel(f"win-rate vs {results['baseline']}")
     ax.set_title(f"judge: {results['judge']}, {int(results['bootstrap']['confidence'] * 100)}% bootstrap intervals")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", ncol=max(1, len(models)), loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -1,13 +1,16 @@
-"""Tokenised training data, cached by fingerprint so that a rerun or a later stage never tokenises again.
+"""Tokenised data, cached by fingerprint so that a rerun or a later stage never tokenises again.
 
 A trainer's prepared dataset (chat template applied, tokenised, labels built, truncated, packed) depends only on
 the rows, the tokenizer, the chat template and the preparation settings (max length, packing, loss masks, ...).
 The key is a hash of exactly those; the value is the prepared dataset saved with `datasets` under
-`<run.cache_dir>/prepared/<key>/` and read back memory-mapped. Delete that folder to reclaim the space.
+`<run.cache_dir>/prepared/<key>/` and read back memory-mapped. The data loader's per-row token counts (data
+report, length checks, token budgets) are kept the same way under `<run.cache_dir>/token_stats/`, keyed by the
+records' content and the tokenizer. Delete those folders to reclaim the space.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,9 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
+import pyarrow as pa
 from datasets import Dataset, load_from_disk
-
-from aya_train.data.loading import fingerprint as rows_fingerprint
 
 _MARKER = "aya_prepared.json"  # written last: a folder without it is an interrupted write
 
@@ -44,9 +47,39 @@ def tokenizer_fingerprint(tokenizer: Any, chat_template: Optional[str]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+class _HashSink:
+    """A write-only file that hashes what is written to it."""
+
+    closed = False
+
+    def __init__(self):
+        self.digest = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def rows_digest(dataset: Dataset) -> str:
+    """sha256 of the rows' Arrow data (Arrow IPC stream): ~100x faster than hashing rows as JSON. The stream
+    decodes to the rows, so different rows never share a digest; equal rows built another way (e.g. selected
+    rather than written afresh) may get another digest, which costs a cache miss, never a wrong hit."""
+    table = dataset.with_format("arrow")[:].replace_schema_metadata(None).combine_chunks()
+    sink = _HashSink()
+    with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as writer:
+        writer.write_table(table)
+    return sink.digest.hexdigest()
+
+
 def prepared_key(dataset: Dataset, tokenizer_fp: str, settings: dict) -> str:
     """Cache key: the rows' content hash + tokenizer/template hash + the preparation settings."""
-    payload = {"rows": rows_fingerprint(dataset), "tokenizer": tokenizer_fp, "settings": settings}
+    payload = {"rows": rows_digest(dataset), "tokenizer": tokenizer_fp, "settings": settings}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]
 
 
@@ -111,3 +144,39 @@ class PreparedDataCache:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(value, sort_keys=True), encoding="utf-8")
         os.replace(tmp, path)
+
+
+class TokenStatsCache:
+    """The data loader's token statistics per chunk of records, by content hash (records + tokenizer + chat
+    template): a rerun reads them back instead of tokenising every row again. Hashing a chunk's records as JSON
+    costs ~1% of tokenising them."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root) / "token_stats"
+        self._tokenizer_fps: dict = {}
+        self.hits = self.misses = 0
+
+    def __call__(self, records: list, kind: str, tokenizer: Any, compute: Callable) -> Any:
+        """`compute(records, kind, tokenizer)` (aya_train.data.tokens.token_stats), or its cached result."""
+        from aya_train.data.tokens import TokenStats
+
+        tokenizer_fp = self._tokenizer_fps.get(id(tokenizer))
+        if tokenizer_fp is None:
+            tokenizer_fp = self._tokenizer_fps[id(tokenizer)] = tokenizer_fingerprint(tokenizer, None)
+        digest = hashlib.sha256(f"{tokenizer_fp}\x1e{kind}\x1e".encode("utf-8"))
+        for record in records:
+            digest.update(json.dumps(record, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n")
+        path = self.root / f"{digest.hexdigest()[:32]}.npz"
+        names = [f.name for f in dataclasses.fields(TokenStats)]
+        if path.is_file():
+            with np.load(path) as stored:
+                if all(name in stored for name in names):
+                    self.hits += 1
+                    return TokenStats(**{name: stored[name] for name in names})
+        self.misses += 1
+        stats = compute(records, kind, tokenizer)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **{name: getattr(stats, name) for name in names})
+        os.replace(tmp, path)
+        return stats
