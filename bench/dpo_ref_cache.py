@@ -33,7 +33,7 @@ RUNNER = ("import resource, sys\nfrom aya_train.cli import main\nrc = main(sys.a
 
 def run_dpo(out: Path, cache: Path, name: str, beta: float, args: argparse.Namespace, extra=()) -> dict:
     overrides = [
-        "recipe=demo", f"run.output_dir={out}", f"run.cache_dir={cache}", f"run.name={name}",
+        "recipe=demo", f"run.output_dir={out}", f"run.cache_dir={cache}", f"run.name={name}", "run.force=true",
         "~stages.sft", "~stages.reward", "~stages.rl", "stages.dpo.init=null", f"stages.dpo.beta={beta}",
         f"stages.dpo.max_steps={args.steps}", "stages.dpo.eval_steps=null", "stages.dpo.measure_fidelity=false",
         "stages.dpo.per_device_train_batch_size=8", f"data.pref.mixture.budget={args.pairs}",

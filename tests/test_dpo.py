@@ -65,7 +65,7 @@ def test_dpo_chain_metrics_fidelity_and_reference_cache(tmp_path, cache_dir):
     cache = run_dir / "dpo" / "cache" / "ref_logps"
     files = _arrow_files(cache)
     # another beta and loss mixture: the stage reruns, the reference log-probs are read back, not recomputed
-    assert main([*base, "stages.dpo.beta=0.3", "stages.dpo.loss_type=[sigmoid,sft]",
+    assert main([*base, "run.force=true", "stages.dpo.beta=0.3", "stages.dpo.loss_type=[sigmoid,sft]",
                  "stages.dpo.loss_weights=[1.0,0.5]", "stages.dpo.measure_fidelity=false"]) == 0
     summary = _stage(run_dir, "dpo")["summary"]
     assert summary["beta"] == 0.3 and summary["ref_logps"] == dict.fromkeys(computed, "reused")
@@ -73,7 +73,7 @@ def test_dpo_chain_metrics_fidelity_and_reference_cache(tmp_path, cache_dir):
     rerun = read_metrics(run_dir / "dpo" / "metrics.jsonl")
     assert [r for r in rerun if r["step"] == 0 and "eval/loss" in r][0]["eval/loss"] > math.log(2)  # + 0.5 * sft loss
     # a different length limit changes the reference log-probs: computed again
-    assert main([*base, "stages.dpo.max_length=200", "stages.dpo.measure_fidelity=false"]) == 0
+    assert main([*base, "run.force=true", "stages.dpo.max_length=200", "stages.dpo.measure_fidelity=false"]) == 0
     assert set(_stage(run_dir, "dpo")["summary"]["ref_logps"].values()) == {"computed"}
 
 
