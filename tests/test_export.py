@@ -185,6 +185,8 @@ def test_push_without_a_token_stops_before_any_work(tmp_path, monkeypatch, capsy
     assert main(args[:-1]) == 2  # no repository id
     with pytest.raises(ConfigError, match="not GenerationConfig fields: temprature"):
         compose_recipe("demo", ["+stages.export.generation.temprature=0.7"])
+    with pytest.raises(ConfigError, match="stages.export.generation: .*do_sample"):
+        compose_recipe("demo", ["+stages.export.generation.temperature=0.7"])
     with pytest.raises(ConfigError, match="max_shard_size"):
         compose_recipe("demo", ["stages.export.max_shard_size=lots"])
 

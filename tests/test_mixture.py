@@ -168,3 +168,43 @@ def test_readme_worked_example():
     assert got == {"en": (5486, 5486), "sw": (2743, 2000), "yo": (1371, 500), "th": (400, 100)}
     assert np.allclose(sorted(plan.target), sorted([9600 * 89.4427 / 156.5248, 9600 * 44.7214 / 156.5248,
                                                     9600 * 22.3607 / 156.5248, 400]), atol=0.1)
+
+
+def test_a_parent_takes_no_more_than_its_children_can():
+    # source a: en 100 + sw 10 rows; b: en 1,000. Sources 50/50 of 1,000, languages uniform, at most 2 epochs:
+    # a can take at most 2 x 100 + 2 x 10 = 220, so b gets the other 780; inside a, sw is capped at 20.
+    lab = {k: labels({"en": 100, "sw": 10}, source="a")[k] + labels({"en": 1000}, source="b")[k]
+           for k in ("source", "language", "task")}
+    cfg = MixtureConfig(budget=1000, source=MixtureLevelConfig(shares={"a": 0.5, "b": 0.5}),
+                        language=MixtureLevelConfig(alpha=0.0, max_epochs=2.0))
+    plan = plan_mixture(lab, cfg, seed=0)
+    assert {g[:2]: int(r) for g, r in zip(plan.groups, plan.realised_rows)} == {
+        ("a", "en"): 200, ("a", "sw"): 20, ("b", "en"): 780}
+    assert plan.realised_rows.sum() == 1000
+
+
+def test_language_names_in_settings_are_normalised_and_checked():
+    sizes = {"en": 800, "sw": 200}
+    plan = plan_mixture(labels(sizes), mixture(budget=1000, shares={"Swahili": 0.5}), seed=0)
+    assert_shares(realised_by_language(plan), {"en": 0.5, "sw": 0.5})
+    with pytest.raises(MixtureError, match=r"mixture.language.weights: no language `yo` in the data.*en, sw"):
+        plan_mixture(labels(sizes), mixture(weights={"yo": 2.0}), seed=0)
+    with pytest.raises(MixtureError, match="no source `aya` in the data"):
+        plan_mixture(labels(sizes), MixtureConfig(source=MixtureLevelConfig(weights={"aya": 2.0})), seed=0)
+
+
+def test_loaded_and_mixed_demo_corpus_is_identical_across_processes(tmp_path):
+    """The whole path (read, split, plan) in two processes with different ranks and hash seeds."""
+    code = ("from aya_train.config import DataSetConfig, SourceConfig, MixtureConfig, MixtureLevelConfig; "
+            "from aya_train.data.loading import load_data, DEMO_CORPUS; from aya_train.data.mixture import apply_mixture; "
+            "ds = DataSetConfig(sources=[SourceConfig(path=DEMO_CORPUS, format='chatterbot')], "
+            "mixture=MixtureConfig(budget=3000, language=MixtureLevelConfig(alpha=0.3, max_epochs=3.0))); "
+            "d = load_data(ds, seed=3); apply_mixture(d, ds.mixture, seed=3); print(d.plan.digest, d.fingerprint)")
+    outputs = set()
+    for rank in ("0", "1"):
+        env = {**os.environ, "RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": "2", "PYTHONHASHSEED": str(5 + int(rank))}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                             cwd=os.path.dirname(os.path.dirname(__file__)))
+        assert out.returncode == 0, out.stderr[-2000:]
+        outputs.add(out.stdout.strip().splitlines()[-1])
+    assert len(outputs) == 1

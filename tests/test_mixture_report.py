@@ -143,3 +143,9 @@ def test_a_set_with_no_good_rows_stops_with_exit_2(tmp_path, cache_dir, tiny_mod
                  "data.sft.on_error=skip"]) == 2
     err = capsys.readouterr().err
     assert "data.sft: no training rows left (1 bad" in err and "quarantine.jsonl" in err
+
+
+def test_a_share_for_an_absent_language_exits_2(tmp_path, cache_dir, tiny_model, capsys):
+    assert main([*common(tmp_path, cache_dir), "run.dry_run=true", "+data.sft.mixture.language.shares.sw=0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "data.sft.mixture.language.shares: no language `sw` in the data" in err and "Traceback" not in err

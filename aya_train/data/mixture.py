@@ -73,8 +73,35 @@ def encode(column: Any) -> Tuple[np.ndarray, List[str]]:
 
 def _level(cfg: Any, level: str) -> Dict[str, Any]:
     node = getattr(cfg, level)
-    return {"alpha": float(node.alpha), "weights": dict(node.weights or {}), "shares": dict(node.shares or {}),
+    key = _language_key if level == "language" else str
+    return {"alpha": float(node.alpha), "weights": {key(k): v for k, v in (node.weights or {}).items()},
+            "shares": {key(k): v for k, v in (node.shares or {}).items()},
             "max_epochs": None if node.max_epochs is None else float(node.max_epochs)}
+
+
+def _language_key(name: Any) -> str:
+    """Language names in weights/shares mean what they mean in the data: `Swahili`, `swh` and `sw` are one."""
+    from aya_train.data.languages import UnknownLanguageError, normalize_language
+
+    try:
+        return normalize_language(str(name))
+    except UnknownLanguageError:
+        return str(name)  # reported as naming no group
+
+
+def _check_names(levels: List[Dict[str, Any]], names: List[List[str]], order: List[str]) -> None:
+    """A weight or share for a name no row has is a typo, not a no-op: say which names exist."""
+    import difflib
+
+    for level, lv, present in zip(order, levels, names):
+        for kind in ("weights", "shares"):
+            for name in lv[kind]:
+                if name not in present:
+                    close = difflib.get_close_matches(name, present, n=1)
+                    hint = f" Did you mean `{close[0]}`?" if close else ""
+                    shown = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "")
+                    raise MixtureError(f"mixture.{level}.{kind}: no {level} `{name}` in the data.{hint} "
+                                       f"The data has: {shown}.")
 
 
 def check_mixture(cfg: Any, where: str = "mixture") -> None:
@@ -159,8 +186,9 @@ def plan_mixture(labels: Dict[str, Any], cfg: Any, seed: int, sizes: Optional[np
     units = rows.astype(np.float64) if unit_size is None else np.bincount(leaf, weights=unit_size,
                                                                            minlength=len(present))
     budget = float(cfg.budget) if cfg.budget is not None else float(units.sum())
-    target, capped = _targets(digits, units, [encoded[lv][1] for lv in order], [_level(cfg, lv) for lv in order],
-                              budget)
+    levels = [_level(cfg, lv) for lv in order]
+    _check_names(levels, [encoded[lv][1] for lv in order], order)
+    target, capped = _targets(digits, units, [encoded[lv][1] for lv in order], levels, budget)
     position = {lv: i for i, lv in enumerate(order)}
     groups = [tuple(encoded[lv][1][d[position[lv]]] for lv in LEVELS) for d in digits]
     repeats, realised_rows, realised_units, distinct = _realise(leaf, unit_size, rows, units, target, groups, seed)

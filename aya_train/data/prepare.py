@@ -37,7 +37,7 @@ def prepare_data_set(cfg: Any, name: str, run_root: Path, is_main: bool,
                      tokenizer: Callable[[], Any]) -> LoadedData:
     """Load data set `name` of the run config `cfg`, mixed and reported. `tokenizer()` returns the model's
     tokenizer or None when it cannot be loaded (token counts are then left out)."""
-    from aya_train.data.mixture import apply_mixture
+    from aya_train.data.mixture import MixtureError, apply_mixture
     from aya_train.stages.prep_cache import TokenStatsCache, cache_root
     from aya_train.data.mixture_report import record_in_manifest, write_report
 
@@ -47,10 +47,15 @@ def prepare_data_set(cfg: Any, name: str, run_root: Path, is_main: bool,
     quarantine = Quarantine(ds.on_error, path, keep_entries=is_main)  # other ranks only count
     tok = tokenizer()
     if tok is None and needs_tokens(ds):
-        raise ValueError(f"data.{name}.mixture.unit is tokens but the model's tokenizer could not be loaded")
+        raise DataError(f"data.{name}.mixture.unit", "is tokens, but the model's tokenizer could not be loaded "
+                        "(see the warning above)", hint="make model.name_or_path loadable, or use unit: examples")
     data = load_data(ds, seed=cfg.run.seed, tokenizer=tok, max_length=stages_max_length(cfg, name),
                      quarantine=quarantine, stats_cache=TokenStatsCache(cache_root(cfg.run)))
-    apply_mixture(data, ds.mixture, seed=cfg.run.seed)
+    try:
+        apply_mixture(data, ds.mixture, seed=cfg.run.seed)
+    except MixtureError as exc:  # settings that do not fit this data (e.g. a share for an absent language)
+        raise DataError(f"data.{name}", str(exc).replace("mixture.", f"data.{name}.mixture.", 1),
+                        hint="fix the mixture settings; the names are those of the rows (canonical codes)") from None
     if quarantine.total:
         log.warning("data set %s: %d bad row(s) quarantined in %s (%s)", name, quarantine.total, path or "memory",
                     ", ".join(f"{k}: {v}" for k, v in quarantine.counts.items()))

@@ -31,9 +31,14 @@ def check_config(node) -> None:
         convert_file_size_to_int(node.max_shard_size)
     except ValueError:
         raise ValueError(f"max_shard_size: `{node.max_shard_size}` is not a size; write e.g. 5GB or 500MB.") from None
-    unused = GenerationConfig().update(**dict(node.generation))
+    generation = GenerationConfig()
+    unused = generation.update(**dict(node.generation))
     if unused:
         raise ValueError(f"generation: not GenerationConfig fields: {', '.join(sorted(unused))}.")
+    try:
+        generation.validate(strict=True)  # e.g. temperature without do_sample: caught now, not after training
+    except ValueError as exc:
+        raise ValueError(f"generation: {' '.join(str(exc).split())}") from None
     if node.push_to_hub or node.hub_dry_run:
         if not node.hub_model_id or not re.fullmatch(r"[\w.-]+/[\w.-]+", node.hub_model_id):
             raise ValueError(f"hub_model_id: push_to_hub needs a repository id `owner/name`, got {node.hub_model_id!r}.")
