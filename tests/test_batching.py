@@ -112,3 +112,27 @@ def test_stage_trains_with_packed_rows_by_default_on_cpu(tmp_path, cache_dir):
               if "train/num_tokens" in r]
     # 2 steps of 4 packed rows of at most 128 tokens each, nearly full
     assert 0.9 * 2 * 4 * 128 < tokens[0] <= 2 * 4 * 128
+
+
+def test_trainer_loss_on_packed_rows_equals_padded(tiny_model, tmp_path):
+    """Through the trainer's own loss (which must turn the KV cache off, or packing goes undetected)."""
+    from trl import SFTConfig
+
+    from aya_train.modeling import load_model
+    from aya_train.stages.sft import AyaSFTTrainer
+
+    cfg = compose_recipe("demo")
+    tok = load_tokenizer(cfg.model, tiny_model)
+    model = load_model(cfg.model, tiny_model).eval()
+    conversations = Dataset.from_dict({"messages": CONVERSATIONS})
+    args = SFTConfig(output_dir=str(tmp_path), packing=True, eval_packing=False, max_length=96,
+                     assistant_only_loss=True, report_to="none", use_cpu=True, bf16=False)
+    trainer = AyaSFTTrainer(model=model, args=args, train_dataset=conversations, processing_class=tok)
+    trainer.data_collator = PackedRowsCollator(pad_token_id=tok.pad_token_id)
+    packed_rows = list(trainer.train_dataset)
+    assert 1 < len(packed_rows) < len(CONVERSATIONS)
+    with torch.no_grad():
+        packed = trainer.compute_loss(model, trainer.data_collator(packed_rows)).item()
+        padded = trainer.compute_loss(model, DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)(
+            list(_rows(tok)))).item()
+    assert packed == pytest.approx(padded, rel=1e-5)
