@@ -69,7 +69,13 @@ class AyaDPOTrainer(DPOTrainer, PerLanguageTrainerMixin):
             if len(cached) == len(dataset):
                 self.ref_cache_events[name] = "reused"
                 return concatenate_datasets([dataset, cached], axis=1)
-        out = super()._precompute_ref_logps(dataset, name, batch_size)
+        # trl caches the computed log-probs next to the dataset's files, so give it files every rank can read
+        # (an in-memory dataset would put them in a per-process temporary folder).
+        inputs = folder.with_name(folder.name + ".inputs")
+        if self.accelerator.is_main_process and not (inputs / "dataset_info.json").is_file():
+            dataset.flatten_indices().save_to_disk(str(inputs))
+        self.accelerator.wait_for_everyone()
+        out = super()._precompute_ref_logps(load_from_disk(str(inputs)), name, batch_size)
         if self.accelerator.is_main_process:
             tmp = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
