@@ -270,7 +270,7 @@ def run(cfg: DictConfig) -> Dict[str, StageResult]:
             base = base or base_model_path(cfg, state)
             results[plan.name] = _run_stage(cfg, plan, run_dir, base, data, state)
     if state.is_main_process:
-        report.print_languages(results)
+        report.print_languages(results, cfg, run_dir.root / "languages.json")
         report.write_run_report(cfg, run_dir)
     state.wait_for_everyone()
     return results

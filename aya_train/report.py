@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict, List
+from pathlib import Path
+from typing import Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -67,8 +68,34 @@ def print_mixture(name: str, loaded) -> None:
         console.print(f"data report (every source x language x task): {loaded.report_dir}/mixture.md (+ .json, .png)")
 
 
-def print_languages(results: Dict[str, object]) -> None:
-    """One table per stage: its per-language summary (rows, tokens, first and last eval loss, ...)."""
+def chain_table(results: Dict[str, object], cfg: DictConfig) -> Dict[str, Dict[str, object]]:
+    """Per language across the chain: each reward stage's held-out accuracy and the held-out language
+    fidelity of every policy measured (`language_fidelity:<policy>` columns of the stages' tables), plus a
+    `mean` row (each language counts once)."""
+    table: Dict[str, Dict[str, object]] = {}
+    for name, result in results.items():
+        for lang, row in result.languages.items():
+            out = table.setdefault(lang, {})
+            if cfg.stages[name].kind == "reward" and "reward_accuracy" in row:
+                out[f"{name} accuracy"] = row["reward_accuracy"]
+            for key, value in row.items():
+                if key.startswith("language_fidelity:"):
+                    # A policy measured by two stages (e.g. sft by dpo and rl): same prompts, settings and seed.
+                    out.setdefault(f"fidelity {key.split(':', 1)[1]}", value)
+    columns = list(dict.fromkeys(c for row in table.values() for c in row))
+    if not any(c.startswith("fidelity ") or c.endswith(" accuracy") for c in columns):
+        return {}
+    means = {}
+    for c in columns:
+        values = [row[c] for row in table.values() if isinstance(row.get(c), (int, float))]
+        means[c] = sum(values) / len(values) if values else None
+    return {**dict(sorted(table.items())), "mean": means}
+
+
+def print_languages(results: Dict[str, object], cfg: Optional[DictConfig] = None,
+                    out_path: Optional[Path] = None) -> None:
+    """One table per stage: its per-language summary (rows, tokens, first and last eval loss, ...); then,
+    for a preference chain, one table across stages (written to `out_path` as JSON too)."""
     for name, result in results.items():
         rows = result.languages
         if not rows:
@@ -81,6 +108,23 @@ def print_languages(results: Dict[str, object]) -> None:
         for lang, values in rows.items():
             table.add_row(lang, *(_fmt(values.get(c)) for c in columns))
         console.print(table)
+    chain = chain_table(results, cfg) if cfg is not None else {}
+    if not chain:
+        return
+    columns = list(dict.fromkeys(c for row in chain.values() for c in row))
+    table = Table(title="per language across the chain (held-out prompts and pairs)")
+    table.add_column("language")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for lang, values in chain.items():
+        if lang == "mean":
+            table.add_section()
+        table.add_row(lang, *(_fmt(values.get(c)) for c in columns))
+    console.print(table)
+    if out_path is not None:
+        from aya_train.artifacts import atomic_write_json
+
+        atomic_write_json(out_path, chain)
 
 
 ACTION_STYLE = {"reuse": "green", "resume": "yellow", "run": "cyan", "skip": "dim", "refuse": "bold red"}

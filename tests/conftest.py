@@ -44,3 +44,20 @@ def quick_overrides(out: Path, cache_dir: Path, steps: int = 24, keep: tuple = (
     return [f"run.output_dir={out}", f"run.cache_dir={cache_dir}", f"stages.sft.max_steps={steps}",
             "stages.sft.eval_steps=12", "stages.sft.save_steps=12", "stages.sft.logging_steps=4",
             "data.sft.max_eval_rows_per_language=4", *dropped]
+
+
+def chain_overrides(out: Path, cache_dir: Path, keep: tuple, steps: int = 4) -> list[str]:
+    """The demo's preference chain shrunk to seconds: only the `keep` stages, `steps` each, tiny held-out sets."""
+    shrink = {
+        "reward": ["per_device_train_batch_size=8"],
+        "dpo": ["per_device_train_batch_size=8", "sampling.max_new_tokens=8"],
+        "rl": ["per_device_train_batch_size=4", "num_generations=2", "max_completion_length=8",
+               "sampling.max_new_tokens=8", "logging_steps=1"],
+    }
+    args = [*quick_overrides(out, cache_dir, steps=steps, keep=keep), "stages.sft.eval_steps=null",
+            "data.pref.max_eval_rows_per_language=2", "data.pref.mixture.budget=200"]
+    for name in keep:
+        if name != "sft":
+            args += [f"stages.{name}.max_steps={steps}", f"stages.{name}.eval_steps=null",
+                     *(f"stages.{name}.{o}" for o in shrink.get(name, []))]
+    return args

@@ -65,7 +65,7 @@ class AyaDPOTrainer(DPOTrainer, PerLanguageTrainerMixin):
         broadcast_object_list(key, from_process=0)  # one key for all ranks (ZeRO-3 shards the weights)
         folder = self.ref_cache_dir / f"{name.replace('/', '_')}-{key[0]}"
         if (folder / "dataset_info.json").is_file():
-            cached = load_from_disk(str(folder))
+            cached = load_from_disk(str(folder), keep_in_memory=True)  # nothing written back into the cache
             if len(cached) == len(dataset):
                 self.ref_cache_events[name] = "reused"
                 return concatenate_datasets([dataset, cached], axis=1)
