@@ -175,7 +175,7 @@ def run_arm(arm: str, model_dir: str, sft_data, dpo_data, a, work: Path) -> dict
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tokens_per_s = meter.rate(a.warmup)
     peak = peak_flops(a.peak_tflops)
-    result = {"tokens_per_s": round(tokens_per_s), "params": n_params,
+    result = {"attn": attn, "tokens_per_s": round(tokens_per_s), "params": n_params,
               "mfu": round(6 * n_params * tokens_per_s / peak, 4) if peak else None,
               "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if gpu else None}
     del trainer, model
@@ -222,8 +222,9 @@ def main() -> int:
     print(f"model: Llama, {params / 1e9 if params else float('nan'):.2f}B parameters, random init; batch {a.batch}, "
           f"max_length {a.max_length}; {a.steps} timed steps after {a.warmup}; peak "
           f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s bf16" + (" (SMOKE RUN: figures meaningless)" if a.smoke else ""))
-    print_table(["arm", "real tokens/s per GPU", "MFU", "max memory GiB"],
-                [[arm, r.get("tokens_per_s", r.get("skipped")), r.get("mfu", "-"), r.get("max_memory_gib", "-")]
+    print_table(["arm", "kernel run", "real tokens/s per GPU", "MFU", "max memory GiB"],
+                [[arm, r.get("attn", "-"), r.get("tokens_per_s", r.get("skipped")), r.get("mfu", "-"),
+                  r.get("max_memory_gib", "-")]
                  for arm, r in results.items()])
     print(json.dumps({arm.replace(" ", "_"): {k: r.get(k) for k in ("tokens_per_s", "mfu", "skipped") if k in r}
                       for arm, r in results.items()}))
