@@ -82,6 +82,7 @@ def chain_table(results: Dict[str, object], cfg: DictConfig) -> Dict[str, Dict[s
                 if key.startswith("language_fidelity:"):
                     # A policy measured by two stages (e.g. sft by dpo and rl): same prompts, settings and seed.
                     out.setdefault(f"fidelity {key.split(':', 1)[1]}", value)
+    table = {lang: row for lang, row in table.items() if row}  # e.g. an `all` row of another stage's table
     columns = list(dict.fromkeys(c for row in table.values() for c in row))
     if not any(c.startswith("fidelity ") or c.endswith(" accuracy") for c in columns):
         return {}

@@ -90,3 +90,25 @@ def test_dpo_under_deepspeed_zero3_on_cpu(tmp_path, cache_dir, tiny_model):
     records = read_metrics(run_dir / "dpo" / "metrics.jsonl")
     start = [r for r in records if r["step"] == 0 and "eval/loss" in r][0]
     assert start["eval/loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference, also sharded
+
+
+def test_chain_table_joins_rm_accuracy_and_each_policys_fidelity():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from aya_train.report import chain_table
+
+    cfg = OmegaConf.create({"stages": {name: {"kind": name} for name in ("sft", "reward", "dpo", "rl", "evaluate")}})
+    result = lambda rows: SimpleNamespace(languages=rows)  # noqa: E731
+    results = {
+        "sft": result({"fr": {"rows": 3}}),
+        "reward": result({"fr": {"reward_accuracy": 0.9}, "ja": {"reward_accuracy": 0.7}}),
+        # dpo's own reward_accuracy is its implicit reward, not the reward model's: left out
+        "dpo": result({"fr": {"reward_accuracy": 0.6, "language_fidelity:sft": 0.2, "language_fidelity:dpo": 0.5}}),
+        "rl": result({"fr": {"language_fidelity:sft": 0.2, "language_fidelity:rl": 0.4}}),
+        "evaluate": result({"all": {"win_rate": 0.5}}),
+    }
+    table = chain_table(results, cfg)
+    assert table["fr"] == {"reward accuracy": 0.9, "fidelity sft": 0.2, "fidelity dpo": 0.5, "fidelity rl": 0.4}
+    assert "all" not in table and table["mean"]["reward accuracy"] == pytest.approx(0.8)
