@@ -31,10 +31,17 @@ RUNNER = ("import resource, sys\nfrom aya_train.cli import main\nrc = main(sys.a
           "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)")
 
 
+def demo_stage_names() -> list:
+    from aya_train.recipe import compose_recipe
+
+    return list(compose_recipe("demo").stages)
+
+
 def run_dpo(out: Path, cache: Path, name: str, beta: float, args: argparse.Namespace, extra=()) -> dict:
     overrides = [
         "recipe=demo", f"run.output_dir={out}", f"run.cache_dir={cache}", f"run.name={name}", "run.force=true",
-        "~stages.sft", "~stages.reward", "~stages.rl", "stages.dpo.init=null", f"stages.dpo.beta={beta}",
+        *(f"~stages.{other}" for other in demo_stage_names() if other != "dpo"),
+        "stages.dpo.init=null", f"stages.dpo.beta={beta}",
         f"stages.dpo.max_steps={args.steps}", "stages.dpo.eval_steps=null", "stages.dpo.measure_fidelity=false",
         "stages.dpo.per_device_train_batch_size=8", f"data.pref.mixture.budget={args.pairs}",
         "data.pref.max_eval_rows_per_language=2", f"model.tiny.hidden_size={args.hidden}",

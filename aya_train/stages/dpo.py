@@ -32,6 +32,7 @@ from aya_train.data.loading import fingerprint
 from aya_train.metrics.fidelity import measure_policies
 from aya_train.metrics.per_language import PerLanguageTrainerMixin, eval_subsets, first_and_last, read_metrics
 from aya_train.modeling import load_model, load_tokenizer, lora_config
+from aya_train.stages.reward import count_dropped
 from aya_train.stages.common import (
     StageContext, StageResult, attach_callbacks, save_final, train_resumable, trainer_args,
 )
@@ -59,6 +60,9 @@ class AyaDPOTrainer(DPOTrainer, PerLanguageTrainerMixin):
         super().__init__(*args, **kwargs)
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        if len(dataset) == 0:
+            raise ValueError(f"dpo: every pair of the `{name}` split has a prompt longer than max_length="
+                             f"{self.args.max_length} tokens; raise stages.<name>.max_length")
         if self.ref_cache_dir is None:
             return super()._precompute_ref_logps(dataset, name, batch_size)
         key = [ref_cache_key(self._precompute_model_hash, dataset, self.args)]
@@ -69,7 +73,13 @@ class AyaDPOTrainer(DPOTrainer, PerLanguageTrainerMixin):
             if len(cached) == len(dataset):
                 self.ref_cache_events[name] = "reused"
                 return concatenate_datasets([dataset, cached], axis=1)
-        out = super()._precompute_ref_logps(dataset, name, batch_size)
+        # trl caches the computed log-probs next to the dataset's files, so give it files every rank can read
+        # (an in-memory dataset would put them in a per-process temporary folder).
+        inputs = folder.with_name(folder.name + ".inputs")
+        if self.accelerator.is_main_process and not (inputs / "dataset_info.json").is_file():
+            dataset.flatten_indices().save_to_disk(str(inputs))
+        self.accelerator.wait_for_everyone()
+        out = super()._precompute_ref_logps(load_from_disk(str(inputs)), name, batch_size)
         if self.accelerator.is_main_process:
             tmp = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -120,6 +130,7 @@ def run(ctx: StageContext) -> StageResult:
         peft_config=lora_config(c.lora, "CAUSAL_LM"),
         ref_cache_dir=ctx.cache_dir / "ref_logps" if c.precompute_ref_log_probs else None,
     )
+    dropped = count_dropped(trainer, data, eval_sets, ctx.name, c.max_length)
     attach_callbacks(ctx, trainer)
     train_resumable(trainer)
     if eval_sets and not (c.eval_steps and trainer.state.global_step % c.eval_steps == 0):
@@ -132,7 +143,7 @@ def run(ctx: StageContext) -> StageResult:
     fidelity = held_out_fidelity(ctx, loaded, policies) if c.measure_fidelity else {}
     return StageResult(languages=language_table(ctx, data, fidelity), data_fingerprint=data.fingerprint,
                        summary={"steps": steps, "beta": c.beta, "loss_type": list(c.loss_type),
-                                "ref_logps": ref_logps})
+                                "ref_logps": ref_logps, "pairs_over_max_length": dropped})
 
 
 def _steps(ctx: StageContext) -> int:

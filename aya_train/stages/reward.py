@@ -48,7 +48,7 @@ def run(ctx: StageContext) -> StageResult:
         processing_class=tokenizer,
         peft_config=lora_config(c.lora, "SEQ_CLS"),
     )
-    dropped = count_dropped(trainer, data, eval_sets, c.max_length)
+    dropped = count_dropped(trainer, data, eval_sets, ctx.name, c.max_length)
     attach_callbacks(ctx, trainer)
     train_resumable(trainer)
     if eval_sets and not (c.eval_steps and trainer.state.global_step % c.eval_steps == 0):
@@ -58,14 +58,15 @@ def run(ctx: StageContext) -> StageResult:
                        summary={"steps": trainer.state.global_step, "pairs_over_max_length": dropped})
 
 
-def count_dropped(trainer, data, eval_sets, max_length: int) -> dict:
-    """RewardTrainer leaves out pairs longer than max_length; count them so none goes unnoticed."""
+def count_dropped(trainer, data, eval_sets, stage: str, max_length: int) -> dict:
+    """trl leaves out pairs too long for max_length (RewardTrainer: the pair; DPOTrainer: the prompt alone);
+    count them so none goes unnoticed."""
     dropped = {"train": len(data.train) - len(trainer.train_dataset)}
     if eval_sets:
         dropped["eval"] = len(eval_sets["all"]) - len(trainer.eval_dataset["all"])
     if any(dropped.values()):
-        log.warning("reward: pairs longer than max_length=%d left out: %s (raise stages.<name>.max_length to keep "
-                    "them)", max_length, dropped)
+        log.warning("%s: pairs longer than max_length=%d left out: %s (raise stages.%s.max_length to keep them)",
+                    stage, max_length, dropped, stage)
     return dropped
 
 
