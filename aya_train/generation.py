@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aya_train.config import ModelConfig, SamplingConfig
+from aya_train.config import ModelConfig
+from aya_train.stage_config import SamplingConfig
 
 BACKENDS = ("auto", "transformers", "vllm")
 Messages = List[Dict[str, str]]

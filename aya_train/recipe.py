@@ -13,7 +13,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from aya_train.config import STAGE_SCHEMAS, register_configs
+from aya_train.config import register_configs
+from aya_train.stage_config import STAGE_SCHEMAS
 from aya_train.errors import ConfigError, explain, suggest
 
 _PACKAGE = Path(__file__).resolve().parent

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from aya_train.cli import main
-from aya_train.config import SFTStageConfig
+from aya_train.stage_config import SFTStageConfig
 from aya_train.errors import ConfigError
 from aya_train.recipe import compose_recipe
 

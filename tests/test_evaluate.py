@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from aya_train.config import EvaluateStageConfig
+from aya_train.stage_config import EvaluateStageConfig
 from aya_train.metrics.judge import EndpointJudge, RewardModelJudge, parse_verdict
 from aya_train.pipeline import DataCache, process_state, run_dir_for
 from aya_train.recipe import compose_recipe

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aya_train.config import SamplingConfig
+from aya_train.stage_config import SamplingConfig
 from aya_train.generation import generate, sampling_settings
 from aya_train.metrics.fidelity import fidelity_rates, language_fidelity
 from aya_train.modeling import load_model, load_tokenizer
