@@ -62,7 +62,8 @@ def _launch(tmp_path, config: str, port: int, overrides: list, extra_env: dict, 
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
 
 
-@pytest.mark.slow  # 2 processes x 4 stages: ~2-3 min on 2 cores
+@pytest.mark.slow
+@pytest.mark.multiprocess  # 2 processes x 4 stages: ~2 min on 2 cores; `make test-all`
 def test_whole_chain_under_two_process_cpu_launch(tmp_path, cache_dir, tiny_model):
     overrides = chain_overrides(tmp_path, cache_dir, keep=("sft", "reward", "dpo", "rl"), steps=2)
     proc = _launch(tmp_path, "launch/accelerate/cpu_ddp.yaml", 29531, overrides, {})
@@ -78,7 +79,8 @@ def test_whole_chain_under_two_process_cpu_launch(tmp_path, cache_dir, tiny_mode
     assert set(json.loads((run_dir / "dpo" / "fidelity.json").read_text())) == {"sft", "dpo"}
 
 
-@pytest.mark.slow  # DeepSpeed compiles its CPU comm op on first use (~40 s, then cached)
+@pytest.mark.slow
+@pytest.mark.multiprocess  # DeepSpeed compiles its CPU comm op on first use (~40 s); `make test-all`
 def test_dpo_under_deepspeed_zero3_on_cpu(tmp_path, cache_dir, tiny_model):
     overrides = [*chain_overrides(tmp_path, cache_dir, keep=("sft", "dpo"), steps=2), "stages.dpo.measure_fidelity=false"]
     env = {"DS_ACCELERATOR": "cpu"}  # the comm op is compiled once into ~/.cache/torch_extensions and reused
