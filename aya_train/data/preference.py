@@ -13,12 +13,11 @@ Registry: PREFERENCE_PRESETS (name -> function); add an entry to support another
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from collections.abc import Mapping  # typing.Mapping makes isinstance much slower per row
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from aya_train.data.presets import Message, UnknownPresetError, _message, _optional, _require
+from aya_train.data.presets import Message, UnknownPresetError, _message, _optional, _require, mapping_fields
 from aya_train.data.schema import BAD_ROLES, MISSING_FIELD, UNKNOWN_LAYOUT, WRONG_TYPE, RowError
 
 
@@ -109,13 +108,7 @@ PREFERENCE_PRESETS: Dict[str, PreferencePreset] = {
 
 def preference_mapping_preset(mapping: Mapping[str, Any]) -> PreferencePreset:
     """Preset for {canonical_field: field_in_file} over a preference layout; checked once, here."""
-    fields = {str(k): str(v) for k, v in mapping.items()}
-    unknown = sorted(set(fields) - set(PREFERENCE_MAPPING_FIELDS))
-    if unknown:
-        close = {k: difflib.get_close_matches(k, PREFERENCE_MAPPING_FIELDS, 1) for k in unknown}
-        hints = [f"{k!r} (did you mean {m[0]!r}?)" if m else repr(k) for k, m in close.items()]
-        raise UnknownPresetError(f"format mapping has unknown field(s) {', '.join(hints)}; "
-                                 f"preference fields are {', '.join(PREFERENCE_MAPPING_FIELDS)}")
+    fields = mapping_fields(mapping, PREFERENCE_MAPPING_FIELDS, "preference")
     if not {"chosen", "rejected"} <= set(fields):
         raise UnknownPresetError(f"a preference format mapping must name `chosen` and `rejected`, got {fields}")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from collections.abc import Mapping  # typing.Mapping makes isinstance much slower per row
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from aya_train.data.schema import BAD_ROLES, MISSING_FIELD, UNKNOWN_LAYOUT, WRONG_TYPE, ExcludedRow, RowError
 
@@ -191,15 +191,22 @@ PRESETS: Dict[str, Preset] = {
 }
 
 
-def mapping_preset(mapping: Mapping[str, Any]) -> Preset:
-    """Preset for a user mapping {canonical_field: field_in_file}; checked once, here, not per row."""
+def mapping_fields(mapping: Mapping[str, Any], allowed: Sequence[str], kind: str) -> Dict[str, str]:
+    """A user mapping {canonical_field: field_in_file} as strings; unknown canonical fields are refused
+    with a close match, once, here, not per row."""
     fields = {str(k): str(v) for k, v in mapping.items()}
-    unknown = sorted(set(fields) - set(MAPPING_FIELDS))
+    unknown = sorted(set(fields) - set(allowed))
     if unknown:
-        close = {k: difflib.get_close_matches(k, MAPPING_FIELDS, 1) for k in unknown}
+        close = {k: difflib.get_close_matches(k, allowed, 1) for k in unknown}
         hints = [f"{k!r} (did you mean {m[0]!r}?)" if m else repr(k) for k, m in close.items()]
         raise UnknownPresetError(f"format mapping has unknown field(s) {', '.join(hints)}; "
-                                 f"canonical fields are {', '.join(MAPPING_FIELDS)}")
+                                 f"{kind} fields are {', '.join(allowed)}")
+    return fields
+
+
+def mapping_preset(mapping: Mapping[str, Any]) -> Preset:
+    """Preset for a user mapping {canonical_field: field_in_file} over a conversation layout."""
+    fields = mapping_fields(mapping, MAPPING_FIELDS, "canonical")
     single = "prompt" in fields and "response" in fields and "messages" not in fields
     multi = "messages" in fields and "prompt" not in fields and "response" not in fields
     if not (single or multi):
