@@ -56,6 +56,8 @@ def chain_overrides(out: Path, cache_dir: Path, keep: tuple, steps: int = 4) -> 
     }
     args = [*quick_overrides(out, cache_dir, steps=steps, keep=keep), "stages.sft.eval_steps=null",
             "data.pref.max_eval_rows_per_language=2", "data.pref.mixture.budget=200"]
+    if "rl" in keep and "dpo" not in keep:
+        args.append("stages.rl.init=sft")  # the demo's rl continues from dpo
     for name in keep:
         if name != "sft":
             args += [f"stages.{name}.max_steps={steps}", f"stages.{name}.eval_steps=null",
