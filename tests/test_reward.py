@@ -86,7 +86,7 @@ def test_reward_model_accuracy_on_held_out_pairs(tmp_path, cache_dir):
 @pytest.mark.parametrize("override, message", [
     ("stages.reward.init=nosuch", "stages.reward.init: no stage `nosuch`"),
     ("stages.rl.reward_model=sft", "`sft` is a sft stage; it must name a stage of kind reward"),
-    ("stages.dpo.ref_model=rl", "`rl` is a later stage"),
+    ("stages.reward.init=dpo", "`dpo` is a later stage"),
     ("stages.rl.num_generations=1", "stages.rl.num_generations: 1 gives no leave-one-out baseline"),
     ("stages.rl.algorithm=ppo", "stages.rl.algorithm: `ppo` is not an online trainer"),
     ("+stages.rl.reward_functions.fidelity=1.0", "stages.rl.reward_functions.fidelity: use the built-in"),
