@@ -22,6 +22,7 @@ from accelerate import PartialState
 from omegaconf import DictConfig, OmegaConf
 
 from aya_train.artifacts import RunDir, atomic_write_json, atomic_write_text, read_json
+from aya_train.data.mixture_report import wait_for_charts
 from aya_train.errors import ConfigError
 from aya_train.stages import runner
 from aya_train.stages.common import CACHE_DIR, StageContext, StageResult, last_complete_checkpoint
@@ -250,6 +251,7 @@ def run(cfg: DictConfig) -> Dict[str, StageResult]:
     if cfg.run.dry_run:
         if state.is_main_process:
             report.print_plan(cfg, run_dir, DataCache(cfg))
+            wait_for_charts()
         if refused:
             raise ConfigError(refused)
         return {}
@@ -272,6 +274,7 @@ def run(cfg: DictConfig) -> Dict[str, StageResult]:
     if state.is_main_process:
         report.print_languages(results, cfg, run_dir.root / "languages.json")
         report.write_run_report(cfg, run_dir)
+        wait_for_charts()
     state.wait_for_everyone()
     return results
 

@@ -7,9 +7,10 @@ Both arms are fresh processes, timed from start to exit (imports, start-up, data
 saving the model): `python -m aya_train recipe=<bench recipe>` and `python bench/plain_trl_sft.py`. Same tiny model
 folder, same rows (the demo's training set written to one jsonl file), same steps, batch, max length, learning
 rate and seed, and the same batch layout (one conversation per row, padded: trl's default, aya_train's
-`batching=padded`), so the difference is the framework's, not the batching's. aya_train starts each round with an
-empty cache (cold: `ratio`), then runs again under another run name with that cache (a rerun: `warm_ratio`;
-plain trl has no cache, so its one run is the baseline of both). The arms alternate, `--rounds` times.
+`batching=padded`), so the difference is the framework's, not the batching's. Both arms cache: aya_train its
+tokenised data under `run.cache_dir`, plain trl its `datasets` map results under `HF_DATASETS_CACHE`. Each round
+runs both with empty caches (cold: `ratio`), then again with the caches the cold runs left (a rerun under another
+run name / output folder: `warm_ratio`). The arms alternate, `--rounds` times.
 Last line: {"ratio", "warm_ratio": aya wall / trl wall (totals over rounds), "aya_tokens_per_s", "trl_tokens_per_s"}.
 """
 
@@ -107,7 +108,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="aya-bench-overhead-"))
     model, data = export_demo(work)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    walls = {"aya": [], "trl": [], "aya_warm": []}
+    walls = {"aya": [], "trl": [], "aya_warm": [], "trl_warm": []}
     speed = {name: [0.0, 0.0] for name in walls}  # runtime, tokens
     for r in range(a.rounds):
         recipe = work / f"overhead-{r}.yaml"
@@ -117,15 +118,17 @@ def main() -> int:
         warm.write_text(RECIPE.format(out=work / f"aya-warm-{r}", cache=work / f"aya-cache-{r}", model=model,
                                       data=data, steps=a.steps, batch=a.batch, max_length=a.max_length),
                         encoding="utf-8")
-        arms = [("aya", [sys.executable, "-m", "aya_train", f"recipe={recipe}"]),
-                ("trl", [sys.executable, str(ROOT / "bench" / "plain_trl_sft.py"), str(data), model,
-                         str(work / f"trl-{r}"), "--steps", str(a.steps), "--batch", str(a.batch),
-                         "--max-length", str(a.max_length)])]
-        # the warm run reuses the cold run's cache (a rerun under another run name), so it comes after it
-        order = arms if r % 2 == 0 else arms[::-1]
-        order.append(("aya_warm", [sys.executable, "-m", "aya_train", f"recipe={warm}"]))
+        def trl(out: str) -> list:
+            return [sys.executable, str(ROOT / "bench" / "plain_trl_sft.py"), str(data), model, str(work / out),
+                    "--steps", str(a.steps), "--batch", str(a.batch), "--max-length", str(a.max_length)]
+
+        cold = [("aya", [sys.executable, "-m", "aya_train", f"recipe={recipe}"]), ("trl", trl(f"trl-{r}"))]
+        warm_runs = [("aya_warm", [sys.executable, "-m", "aya_train", f"recipe={warm}"]), ("trl_warm", trl(f"trl-warm-{r}"))]
+        # a warm run reuses its cold run's cache, so it comes after it
+        order = cold + warm_runs if r % 2 == 0 else cold[::-1] + warm_runs[::-1]
+        arm_env = {**env, "HF_DATASETS_CACHE": str(work / f"hf-datasets-{r}")}  # empty at the round's cold trl run
         for name, cmd in order:
-            wall, out = timed(cmd, env)
+            wall, out = timed(cmd, arm_env)
             walls[name].append(wall)
             if name.startswith("aya"):
                 out_dir = work / f"{'aya-warm' if name == 'aya_warm' else 'aya'}-{r}"
@@ -140,7 +143,7 @@ def main() -> int:
 
     tok_s = {name: speed[name][1] / speed[name][0] for name in speed}
     ratio = sum(walls["aya"]) / sum(walls["trl"])
-    warm_ratio = sum(walls["aya_warm"]) / sum(walls["trl"])
+    warm_ratio = sum(walls["aya_warm"]) / sum(walls["trl_warm"])
     print()
     print(machine_line())
     print(f"tiny Llama, demo training rows ({sum(1 for _ in open(data))}), {a.steps} steps, batch {a.batch}, "
@@ -152,6 +155,8 @@ def main() -> int:
          " ".join(f"{w:.1f}" for w in walls["aya_warm"]), f"{tok_s['aya_warm']:.0f}"],
         ["plain trl", f"{sum(walls['trl']) / a.rounds:.1f}", " ".join(f"{w:.1f}" for w in walls["trl"]),
          f"{tok_s['trl']:.0f}"],
+        ["plain trl rerun (cache warm)", f"{sum(walls['trl_warm']) / a.rounds:.1f}",
+         " ".join(f"{w:.1f}" for w in walls["trl_warm"]), f"{tok_s['trl_warm']:.0f}"],
     ])
     print(f"ratio aya/trl: cold {ratio:.3f}, rerun with warm cache {warm_ratio:.3f}")
     print(json.dumps({"ratio": round(ratio, 3), "warm_ratio": round(warm_ratio, 3), "aya_tokens_per_s": round(tok_s["aya"]),

@@ -4,14 +4,15 @@ that only one chunk of records is ever held as Python objects (the labels are ke
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, List
+from functools import partial
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from aya_train.data.quarantine import Quarantine
 from aya_train.data.schema import OVER_LENGTH
-from aya_train.data.tokens import TokenStats, token_stats
+from aya_train.data.tokens import LENGTH_FIELDS, TokenStats, token_stats
 
 Record = Dict[str, Any]
 OVER_LENGTH_POLICIES = ("truncate", "drop")
@@ -25,10 +26,11 @@ class Collector:
     # Keeps token statistics across runs (load_data's `stats_cache`); None measures every time.
     stats_cache: Any = None
 
-    def __init__(self, kind, tokenizer, max_length, over_length, quarantine, adjusted):
+    def __init__(self, kind, tokenizer, max_length, over_length, quarantine, adjusted, keep: Sequence[str] = ()):
         if over_length not in OVER_LENGTH_POLICIES:
             raise ValueError(f"over_length must be one of {', '.join(OVER_LENGTH_POLICIES)}, got {over_length!r}")
         self.kind, self.tokenizer, self.max_length, self.policy = kind, tokenizer, max_length, over_length
+        self.measure = partial(token_stats, keep=tuple(keep))  # token columns kept for the SFT stage, if any
         self.quarantine, self.adjusted = quarantine, adjusted
         from aya_train.data.loading import FEATURES
 
@@ -58,8 +60,8 @@ class Collector:
         if not batch:
             return
         if self.tokenizer is not None:
-            stats = (self.stats_cache(batch, self.kind, self.tokenizer, token_stats) if self.stats_cache
-                     else token_stats(batch, self.kind, self.tokenizer))
+            stats = (self.stats_cache(batch, self.kind, self.tokenizer, self.measure) if self.stats_cache
+                     else self.measure(batch, self.kind, self.tokenizer))
             if self.max_length:
                 batch, locations, stats, over = _over_length(batch, locations, stats, self.max_length, self.policy,
                                                              self.quarantine)
@@ -85,10 +87,13 @@ class Collector:
         table = pa.concat_tables(self.chunks) if self.chunks else self.schema.empty_table()
         if self.tokenizer is None:
             return table, None
-        fields = ("tokens", "longest", "content_tokens", "chars", "words")
         if not self.stats:
-            return table, TokenStats(*(np.zeros(0, np.int64) for _ in fields))
-        return table, TokenStats(*(np.concatenate([getattr(s, f) for s in self.stats]) for f in fields))
+            return table, TokenStats(*(np.zeros(0, np.int64) for _ in LENGTH_FIELDS))
+        # token columns only when every chunk kept them (a chunk read back from the statistics cache has none)
+        encoded = [s.encoded for s in self.stats]
+        encoded = pa.concat_tables(encoded) if all(e is not None for e in encoded) else None
+        return table, TokenStats(*(np.concatenate([getattr(s, f) for s in self.stats]) for f in LENGTH_FIELDS),
+                                 encoded=encoded)
 
 
 def _over_length(records, locations, stats: TokenStats, max_length: int, policy: str, quarantine: Quarantine):
@@ -109,5 +114,5 @@ def _over_length(records, locations, stats: TokenStats, max_length: int, policy:
     if keep.all():
         return records, locations, stats, over
     kept = np.flatnonzero(keep)
-    stats = TokenStats(*(getattr(stats, f)[kept] for f in ("tokens", "longest", "content_tokens", "chars", "words")))
+    stats = stats.take(kept)
     return [records[i] for i in kept], [locations[i] for i in kept], stats, over

@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+import pyarrow as pa
 from datasets import Dataset, Features, List as ListFeature, Value
 
 from aya_train.config import DataSetConfig, SourceConfig
@@ -72,7 +73,9 @@ class LoadedData:
 
     `available` is the train split as read; `train` is what the stage trains on (the mixture plan's rows of
     `available`, repeats included; the same object when no plan was applied). With a tokenizer,
-    `train_tokens[i]` is the token length of `train[i]` and `available_tokens[i]` that of `available[i]`.
+    `train_tokens[i]` is the token length of `train[i]` and `available_tokens[i]` that of `available[i]`;
+    the `*_encoded` tables, when the loader was asked to keep token columns and tokenised every row itself
+    (none was read from the statistics cache), hold row i's `input_ids` (and `assistant_masks`) likewise.
     """
 
     train: Dataset
@@ -82,12 +85,16 @@ class LoadedData:
     train_tokens: Optional[np.ndarray] = None
     available: Optional[Dataset] = None
     available_tokens: Optional[np.ndarray] = None
+    train_encoded: Optional[pa.Table] = None
+    eval_encoded: Optional[pa.Table] = None
+    available_encoded: Optional[pa.Table] = None
     plan: Any = None  # aya_train.data.mixture.MixturePlan once a mixture was applied
     report_dir: Any = None  # where the data report was written (run directory only)
 
     def __post_init__(self) -> None:
         if self.available is None:
             self.available, self.available_tokens = self.train, self.train_tokens
+            self.available_encoded = self.train_encoded
 
     @cached_property
     def fingerprint(self) -> str:
@@ -118,13 +125,14 @@ def load_conversations(ds: DataSetConfig, seed: int, **kwargs: Any) -> LoadedDat
 
 
 def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: Optional[int] = None,
-              quarantine: Optional[Quarantine] = None, stats_cache: Any = None) -> LoadedData:
+              quarantine: Optional[Quarantine] = None, stats_cache: Any = None, keep: Sequence[str] = ()) -> LoadedData:
     """Read every source of `ds` into canonical records and split each language into train/eval.
 
     Bad rows go to `quarantine` (default: raise at the first). With a tokenizer, every row's templated
     length is measured; rows longer than `max_length` are counted per language and, with
     `over_length: drop`, handed to the quarantine. `stats_cache` (aya_train.stages.prep_cache.TokenStatsCache)
-    keeps those measurements, so that a rerun does not tokenise again.
+    keeps those measurements, so that a rerun does not tokenise again. `keep` names token columns of
+    conversation rows to keep for the trainer (aya_train.data.tokens), so that it does not tokenise again either.
     """
     if not ds.sources:
         raise ValueError("data set has no `sources`; add at least one {path: ..., format: ...}")
@@ -136,7 +144,7 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
     build = record_builder(kind)
     excluded: Counter = Counter()
     adjusted: Counter = Counter()
-    rows = Collector(kind, tokenizer, max_length, getattr(ds, "over_length", "truncate"), quarantine, adjusted)
+    rows = Collector(kind, tokenizer, max_length, getattr(ds, "over_length", "truncate"), quarantine, adjusted, keep)
     rows.stats_cache = stats_cache
     keep_languages = {normalize_language(lang) for lang in ds.languages} if getattr(ds, "languages", None) else None
     for src in ds.sources:
@@ -177,8 +185,13 @@ def load_data(ds: DataSetConfig, seed: int, tokenizer: Any = None, max_length: O
         rows_by_language=dict(sorted(Counter(rows.languages).items())),
         fertility=fertility(rows.languages, stats) if stats is not None else {},
     )
+    train_stats = eval_stats = None
+    if stats is not None:
+        train_stats, eval_stats = stats.take(train_idx), stats.take(eval_idx)
     return LoadedData(_dataset(table.take(train_idx), kind), _dataset(table.take(eval_idx), kind), summary,
-                      kind=kind, train_tokens=stats.tokens[train_idx] if stats is not None else None)
+                      kind=kind, train_tokens=None if train_stats is None else train_stats.tokens,
+                      train_encoded=None if train_stats is None else train_stats.encoded,
+                      eval_encoded=None if eval_stats is None else eval_stats.encoded)
 
 
 def _source_language(src: SourceConfig) -> Optional[str]:

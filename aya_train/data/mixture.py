@@ -296,7 +296,7 @@ def _realise(leaf: np.ndarray, unit_size: Optional[np.ndarray], rows: np.ndarray
 
 
 def apply_mixture(data: Any, cfg: Any, seed: int) -> None:
-    """Plan the mixture over `data.available`; set `data.train` (and `data.train_tokens`) to the planned rows."""
+    """Plan the mixture over `data.available`; set `data.train` (and its token lengths and columns) to the planned rows."""
     table = data.available.data.table if hasattr(data.available.data, "table") else data.available.data
     labels = {lv: table.column(lv) for lv in LEVELS}
     if data.available.num_rows == 0:
@@ -306,3 +306,6 @@ def apply_mixture(data: Any, cfg: Any, seed: int) -> None:
     data.train = data.available if plan.is_identity else data.available.select(plan.indices)
     if data.available_tokens is not None:  # lengths stay aligned with the rows they describe
         data.train_tokens = data.available_tokens if plan.is_identity else data.available_tokens[plan.indices]
+    if data.available_encoded is not None:  # so do the kept token columns
+        data.train_encoded = (data.available_encoded if plan.is_identity
+                              else data.available_encoded.take(pa.array(plan.indices, pa.int64())))

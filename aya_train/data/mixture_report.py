@@ -6,6 +6,7 @@ truncation per language. Written to `<run>/data/<set>/mixture.{json,md,png}` and
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -14,6 +15,10 @@ import numpy as np
 from aya_train.artifacts import RunDir, atomic_write_json, atomic_write_text
 
 JSON_FILE, MD_FILE, PNG_FILE = "mixture.json", "mixture.md", "mixture.png"
+# The chart is drawn on one background thread: importing matplotlib and rendering (~0.5 s) would otherwise
+# delay training. pipeline.run calls wait_for_charts() before it returns.
+_charts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aya-train-chart")
+_pending: List[Future] = []
 
 
 def report_dict(data: Any, name: str) -> Dict[str, Any]:
@@ -121,10 +126,8 @@ def markdown(report: Dict[str, Any]) -> str:
 
 def plot(report: Dict[str, Any], path: Path, top: int = 40) -> None:
     """Bar chart of available vs target vs realised share per language (sum over sources and tasks)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib's object API, not pyplot: no global figure state, so it can draw off the main thread
+    from matplotlib.figure import Figure
 
     by_lang: Dict[str, np.ndarray] = {}
     total_rows = sum(g["rows"] for g in report["groups"]) or 1
@@ -133,7 +136,8 @@ def plot(report: Dict[str, Any], path: Path, top: int = 40) -> None:
         acc += (g["rows"] / total_rows, g["target_share"], g["realised_share"])
     names = sorted(by_lang, key=lambda k: -by_lang[k][0])[:top]
     values = np.array([by_lang[k] for k in names]).reshape(-1, 3)
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4))
+    fig = Figure(figsize=(max(6, 0.35 * len(names) + 2), 4))
+    ax = fig.subplots()
     x = np.arange(len(names))
     for i, label in enumerate(("available rows", "target share", "realised share")):
         ax.bar(x + (i - 1) * 0.27, 100 * values[:, i], width=0.27, label=label)
@@ -144,17 +148,22 @@ def plot(report: Dict[str, Any], path: Path, top: int = 40) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+
+def wait_for_charts() -> None:
+    """Wait for the charts being drawn in the background; raise the first drawing error."""
+    while _pending:
+        _pending.pop(0).result()
 
 
 def write_report(data: Any, name: str, out: Path) -> Dict[str, str]:
-    """Write mixture.json, mixture.md and mixture.png into `out`; return their paths."""
+    """Write mixture.json and mixture.md into `out` and start drawing mixture.png; return their paths."""
     report = report_dict(data, name)
     atomic_write_json(out / JSON_FILE, report)
     atomic_write_text(out / MD_FILE, markdown(report))
     files = {"json": str(out / JSON_FILE), "markdown": str(out / MD_FILE)}
     if report["groups"]:
-        plot(report, out / PNG_FILE)
+        _pending.append(_charts.submit(plot, report, out / PNG_FILE))
         files["png"] = str(out / PNG_FILE)
     if report["quarantined"].get("file"):
         files["quarantine"] = report["quarantined"]["file"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from aya_train.data.loading import LoadedData, load_data
 from aya_train.data.quarantine import QUARANTINE_FILE, SKIP, Quarantine
@@ -27,6 +27,17 @@ def stages_max_length(cfg: Any, name: str) -> Optional[int]:
     lengths = [node.max_length for node in cfg.stages.values()
                if node.get("data") == name and node.get("max_length")]
     return min(lengths) if lengths else None
+
+
+def kept_token_columns(cfg: Any, name: str) -> Tuple[str, ...]:
+    """The token columns trl's SFTTrainer would compute for the SFT stages reading data set `name` (input_ids,
+    and assistant_masks under assistant_only_loss): the loader keeps what it tokenises so trl need not again."""
+    from aya_train.data.tokens import ASSISTANT_MASKS, INPUT_IDS
+
+    sft = [node for node in cfg.stages.values() if node.get("data") == name and node.kind == "sft"]
+    if not sft:
+        return ()
+    return (INPUT_IDS, ASSISTANT_MASKS) if any(node.assistant_only_loss for node in sft) else (INPUT_IDS,)
 
 
 def needs_tokens(ds: Any) -> bool:
@@ -50,7 +61,8 @@ def prepare_data_set(cfg: Any, name: str, run_root: Path, is_main: bool,
         raise DataError(f"data.{name}.mixture.unit", "is tokens, but the model's tokenizer could not be loaded "
                         "(see the warning above)", hint="make model.name_or_path loadable, or use unit: examples")
     data = load_data(ds, seed=cfg.run.seed, tokenizer=tok, max_length=stages_max_length(cfg, name),
-                     quarantine=quarantine, stats_cache=TokenStatsCache(cache_root(cfg.run)))
+                     quarantine=quarantine, stats_cache=TokenStatsCache(cache_root(cfg.run)),
+                     keep=kept_token_columns(cfg, name))
     try:
         apply_mixture(data, ds.mixture, seed=cfg.run.seed)
     except MixtureError as exc:  # settings that do not fit this data (e.g. a share for an absent language)

@@ -8,6 +8,7 @@ records how long metrics.jsonl was when it was saved, so a resumed run's log equ
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -227,7 +228,14 @@ def train_resumable(trainer, metrics_path: Optional[Path] = None) -> None:
             # trl counts trained tokens in the trainer, not in the checkpoint: carry the count on from the log.
             counts = [r["train/num_tokens"] for r in read_metrics(metrics_path) if "train/num_tokens" in r]
             trainer._total_train_tokens = counts[-1] if counts else 0
-    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    # What exists now (modules, model, data, trainer) lives through training: leave it out of the garbage
+    # collector's full passes (each one walks ~500k objects), and hand it back after, so that the stage's
+    # model and trainer can be collected when the stage ends.
+    gc.freeze()
+    try:
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
+    finally:
+        gc.unfreeze()
 
 
 def save_final(ctx: StageContext, trainer, tokenizer) -> None:

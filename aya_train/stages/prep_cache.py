@@ -10,7 +10,6 @@ records' content and the tokenizer. Delete those folders to reclaim the space.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -158,7 +157,7 @@ class TokenStatsCache:
 
     def __call__(self, records: list, kind: str, tokenizer: Any, compute: Callable) -> Any:
         """`compute(records, kind, tokenizer)` (aya_train.data.tokens.token_stats), or its cached result."""
-        from aya_train.data.tokens import TokenStats
+        from aya_train.data.tokens import LENGTH_FIELDS, TokenStats
 
         tokenizer_fp = self._tokenizer_fps.get(id(tokenizer))
         if tokenizer_fp is None:
@@ -167,7 +166,7 @@ class TokenStatsCache:
         for record in records:
             digest.update(json.dumps(record, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n")
         path = self.root / f"{digest.hexdigest()[:32]}.npz"
-        names = [f.name for f in dataclasses.fields(TokenStats)]
+        names = LENGTH_FIELDS  # the lengths only: kept token columns are for this run's stage, not for the cache
         if path.is_file():
             with np.load(path) as stored:
                 if all(name in stored for name in names):

@@ -9,9 +9,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Optional
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import trl
 from datasets import Dataset
+from datasets.table import InMemoryTable
 from trl import SFTConfig, SFTTrainer
 
 from aya_train.batching import PackedRowsCollator, resolve_batching, sft_batching_args
@@ -20,9 +24,11 @@ from aya_train.modeling import load_model, load_tokenizer, lora_config, resolve_
 from aya_train.stages.common import (
     StageContext, StageResult, attach_callbacks, save_final, train_resumable, trainer_args,
 )
+from aya_train.data.tokens import ASSISTANT_MASKS, INPUT_IDS
 from aya_train.stages.prep_cache import PreparedDataCache, cache_root, prepared_key, tokenizer_fingerprint
 
 TOKEN_COUNTS = "train_token_counts.json"
+TRAINER_COLUMNS = ("messages", INPUT_IDS, ASSISTANT_MASKS)  # what the trainer is given of each row
 
 
 class AyaSFTTrainer(SFTTrainer, PerLanguageTrainerMixin):
@@ -36,6 +42,10 @@ class AyaSFTTrainer(SFTTrainer, PerLanguageTrainerMixin):
         super().__init__(*args, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        tokens = [c for c in (INPUT_IDS, ASSISTANT_MASKS) if c in dataset.column_names]
+        rows = dataset.remove_columns(tokens) if tokens else dataset
+        if self.chat_template is not None:
+            dataset = rows  # the loader tokenised with the tokenizer's own template, not this one: trl tokenises
         cache = self.prepared_cache
         if cache is None or formatting_func is not None or not isinstance(dataset, Dataset):
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
@@ -46,7 +56,8 @@ class AyaSFTTrainer(SFTTrainer, PerLanguageTrainerMixin):
             "dataset_text_field": args.dataset_text_field, "eos_token": args.eos_token, "pad_token": args.pad_token,
             "shuffle": args.shuffle_dataset, "seed": args.seed if args.shuffle_dataset else None,
         }
-        key = prepared_key(dataset, tokenizer_fingerprint(processing_class, self.chat_template), settings)
+        # keyed by the rows alone: the loader's token columns equal what trl would compute from them
+        key = prepared_key(rows, tokenizer_fingerprint(processing_class, self.chat_template), settings)
         self.prepared_keys[dataset_name] = key
         return cache.get_or_build(
             key, lambda: super(AyaSFTTrainer, self)._prepare_dataset(
@@ -71,11 +82,36 @@ def stage_batching(ctx: StageContext) -> str:
     return resolve_batching(ctx.cfg.batching, resolve_attn_implementation(ctx.root.model.attn_implementation))
 
 
+def with_token_columns(rows: Dataset, encoded: Optional[pa.Table], assistant_only_loss: bool) -> Dataset:
+    """`rows` with the token columns the data loader kept (input_ids, and assistant_masks under
+    assistant_only_loss): exactly what trl's SFTTrainer would compute, so it takes the rows as tokenised and
+    does not tokenise them again. `rows` unchanged when the loader kept none, or when a row has no assistant
+    token (trl's own tokenising then raises its error for that row)."""
+    columns = [INPUT_IDS, ASSISTANT_MASKS] if assistant_only_loss else [INPUT_IDS]
+    if encoded is None or not set(columns) <= set(encoded.column_names) or encoded.num_rows != len(rows):
+        return rows
+    if assistant_only_loss and len(rows):
+        masks = encoded.column(ASSISTANT_MASKS).combine_chunks()
+        per_row = np.bincount(pc.list_parent_indices(masks), weights=pc.list_flatten(masks), minlength=len(masks))
+        if (per_row == 0).any():
+            return rows
+    table = rows.with_format("arrow")[:]
+    for name in columns:
+        table = table.append_column(name, encoded.column(name))
+    return Dataset(InMemoryTable(table))
+
+
+def trainer_columns(rows: Dataset) -> list:
+    return [c for c in TRAINER_COLUMNS if c in rows.column_names]
+
+
 def build_trainer(ctx: StageContext, data, tokenizer, model) -> AyaSFTTrainer:
     """The stage's trainer: batching resolved for the model's attention kernel, prepared data cached."""
     c = ctx.cfg
     batching = stage_batching(ctx)
-    eval_sets = eval_subsets(data.eval, ["messages"])
+    train = with_token_columns(data.train, data.train_encoded, c.assistant_only_loss)
+    eval_rows = with_token_columns(data.eval, data.eval_encoded, c.assistant_only_loss)
+    eval_sets = eval_subsets(eval_rows, trainer_columns(eval_rows))
     args = trainer_args(
         ctx, SFTConfig, has_eval=bool(eval_sets),
         assistant_only_loss=c.assistant_only_loss,
@@ -84,7 +120,7 @@ def build_trainer(ctx: StageContext, data, tokenizer, model) -> AyaSFTTrainer:
     trainer = AyaSFTTrainer(
         model=model,
         args=args,
-        train_dataset=data.train.select_columns(["messages"]),
+        train_dataset=train.select_columns(trainer_columns(train)),
         eval_dataset=eval_sets or None,
         processing_class=tokenizer,
         peft_config=lora_config(c.lora, "CAUSAL_LM"),
