@@ -132,6 +132,7 @@ def validate(cfg: DictConfig) -> None:
         _check_passthrough(name, node, trainer_cls)
     _check_selection(cfg.run, names)
     _check_report_to(cfg.run.report_to)
+    _check_attention(cfg)
     for ds_name, ds in cfg.data.items():
         if not ds.sources:
             raise ConfigError(f"data.{ds_name}.sources is empty: give at least one `{{path: ..., format: ...}}`.")
@@ -205,6 +206,24 @@ def _find_cycle(graph: Dict[str, List[str]]) -> Optional[List[str]]:
             if found:
                 return found
     return None
+
+
+def _check_attention(cfg: DictConfig) -> None:
+    """The attention kernel can be used here and every SFT stage's batching suits it: both are refused now,
+    with exit 2, rather than by a traceback when the stage starts."""
+    from aya_train.batching import resolve_batching
+    from aya_train.modeling import resolve_attn_implementation
+
+    try:
+        attn = resolve_attn_implementation(cfg.model.attn_implementation)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for name, node in cfg.stages.items():
+        if node.kind == "sft":
+            try:
+                resolve_batching(node.batching, attn)
+            except ValueError as exc:
+                raise ConfigError(f"stages.{name}.batching: {exc}") from None
 
 
 def _check_selection(run, names: List[str]) -> None:

@@ -11,7 +11,10 @@ rate and seed, and the same batch layout (one conversation per row, padded: trl'
 tokenised data under `run.cache_dir`, plain trl its `datasets` map results under `HF_DATASETS_CACHE`. Each round
 runs both with empty caches (cold: `ratio`), then again with the caches the cold runs left (a rerun under another
 run name / output folder: `warm_ratio`). The arms alternate, `--rounds` times.
-Last line: {"ratio", "warm_ratio": aya wall / trl wall (totals over rounds), "aya_tokens_per_s", "trl_tokens_per_s"}.
+Training speed on a shared machine varies more between runs than the frameworks differ, so each arm's wall minus
+its training time (start-up, data, saving: what the framework adds) is printed too, as `setup_s`.
+Last line: {"ratio", "warm_ratio": aya wall / trl wall (totals over rounds), "aya_tokens_per_s", "trl_tokens_per_s",
+"setup_s": {arm: mean wall - training s}}.
 """
 
 from __future__ import annotations
@@ -142,25 +145,23 @@ def main() -> int:
                   flush=True)
 
     tok_s = {name: speed[name][1] / speed[name][0] for name in speed}
+    setup = {name: (sum(walls[name]) - speed[name][0]) / a.rounds for name in walls}
     ratio = sum(walls["aya"]) / sum(walls["trl"])
     warm_ratio = sum(walls["aya_warm"]) / sum(walls["trl_warm"])
     print()
     print(machine_line())
     print(f"tiny Llama, demo training rows ({sum(1 for _ in open(data))}), {a.steps} steps, batch {a.batch}, "
           f"max_length {a.max_length}, padded batches in both arms, {a.rounds} rounds alternating")
-    print_table(["arm", "wall s per run (mean)", "walls", "train tokens/s"], [
-        ["aya-train", f"{sum(walls['aya']) / a.rounds:.1f}", " ".join(f"{w:.1f}" for w in walls["aya"]),
-         f"{tok_s['aya']:.0f}"],
-        ["aya-train rerun (cache warm)", f"{sum(walls['aya_warm']) / a.rounds:.1f}",
-         " ".join(f"{w:.1f}" for w in walls["aya_warm"]), f"{tok_s['aya_warm']:.0f}"],
-        ["plain trl", f"{sum(walls['trl']) / a.rounds:.1f}", " ".join(f"{w:.1f}" for w in walls["trl"]),
-         f"{tok_s['trl']:.0f}"],
-        ["plain trl rerun (cache warm)", f"{sum(walls['trl_warm']) / a.rounds:.1f}",
-         " ".join(f"{w:.1f}" for w in walls["trl_warm"]), f"{tok_s['trl_warm']:.0f}"],
+    labels = {"aya": "aya-train", "aya_warm": "aya-train rerun (cache warm)", "trl": "plain trl",
+              "trl_warm": "plain trl rerun (cache warm)"}
+    print_table(["arm", "wall s per run (mean)", "walls", "wall - training s (mean)", "train tokens/s"], [
+        [label, f"{sum(walls[name]) / a.rounds:.1f}", " ".join(f"{w:.1f}" for w in walls[name]), f"{setup[name]:.1f}",
+         f"{tok_s[name]:.0f}"] for name, label in labels.items()
     ])
     print(f"ratio aya/trl: cold {ratio:.3f}, rerun with warm cache {warm_ratio:.3f}")
     print(json.dumps({"ratio": round(ratio, 3), "warm_ratio": round(warm_ratio, 3), "aya_tokens_per_s": round(tok_s["aya"]),
-                      "trl_tokens_per_s": round(tok_s["trl"])}))
+                      "trl_tokens_per_s": round(tok_s["trl"]),
+                      "setup_s": {name: round(v, 2) for name, v in setup.items()}}))
     return 0
 
 

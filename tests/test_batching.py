@@ -98,6 +98,17 @@ def test_bad_batching_config_exits_2(override, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_batching_the_attention_kernel_cannot_honour_exits_2_before_loading(monkeypatch, capsys):
+    from aya_train import modeling
+
+    assert main(["recipe=demo", "model.attn_implementation=flash_attention_2"]) == 2  # no flash_attn here
+    assert "model.attn_implementation=flash_attention_2 needs the flash_attn package" in capsys.readouterr().err
+    monkeypatch.setattr(modeling, "_flash_attn_installed", lambda: True)  # as on a GPU machine with flash-attn
+    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["recipe=demo", "model.attn_implementation=flash_attention_2", "stages.sft.batching=packed_rows"]) == 2
+    assert "stages.sft.batching: batching=packed_rows with attn_implementation=flash_attention_2" in capsys.readouterr().err
+
+
 def test_stage_trains_with_packed_rows_by_default_on_cpu(tmp_path, cache_dir):
     """The demo on CPU: auto resolves to packed_rows; batches are full rows, no padding trained, counted right."""
     import json
