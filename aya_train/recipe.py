@@ -125,7 +125,7 @@ def validate(cfg: DictConfig) -> None:
         if data_name is not None and data_name not in cfg.data:
             raise ConfigError(f"stages.{name}.data: no data set `{data_name}` under `data`."
                               f"{suggest(data_name, list(cfg.data.keys()))} Defined: {', '.join(cfg.data) or 'none'}.")
-        trainer_cls = trainer_config_class(kind)
+        trainer_cls = trainer_config_class(node)
         if trainer_cls is not None and data_name is None:
             raise ConfigError(f"stages.{name}.data: a {kind} stage trains on a data set; set it to one of: "
                               f"{', '.join(cfg.data) or 'none defined (add one under `data`)'}.")

@@ -114,3 +114,15 @@ def test_chain_table_joins_rm_accuracy_and_each_policys_fidelity():
     table = chain_table(results, cfg)
     assert table["fr"] == {"reward accuracy": 0.9, "fidelity sft": 0.2, "fidelity dpo": 0.5, "fidelity rl": 0.4}
     assert "all" not in table and table["mean"]["reward accuracy"] == pytest.approx(0.8)
+
+
+def test_rl_args_are_checked_against_the_selected_algorithms_trl_config():
+    from aya_train.errors import ConfigError
+    from aya_train.recipe import compose_recipe
+
+    compose_recipe("demo", ["stages.rl.algorithm=grpo", "+stages.rl.args.loss_type=dapo"])  # a GRPOConfig field
+    compose_recipe("demo", ["+stages.rl.args.normalize_advantages=true"])  # an RLOOConfig field, rloo by default
+    with pytest.raises(ConfigError, match="stages.rl.args.loss_type: not a field of trl's RLOOConfig"):
+        compose_recipe("demo", ["+stages.rl.args.loss_type=dapo"])
+    with pytest.raises(ConfigError, match="stages.rl.args.normalize_advantages: not a field of trl's GRPOConfig"):
+        compose_recipe("demo", ["stages.rl.algorithm=grpo", "+stages.rl.args.normalize_advantages=true"])

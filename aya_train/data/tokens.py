@@ -23,8 +23,10 @@ import pyarrow as pa
 from aya_train.data.schema import CHOSEN, PREFERENCE, PROMPT, REJECTED
 
 BATCH = 512
-# The columns `keep` may name: trl's SFTTrainer tokenises `messages` into exactly these.
+# The columns `keep` may name: trl's SFTTrainer tokenises `messages` into exactly these. Kept in memory until
+# the trainer has prepared them, so in the narrowest types that hold them (trl stores input_ids as int32 too).
 INPUT_IDS, ASSISTANT_MASKS = "input_ids", "assistant_masks"
+KEPT_TYPES = {INPUT_IDS: pa.list_(pa.int32()), ASSISTANT_MASKS: pa.list_(pa.int8())}
 LENGTH_FIELDS = ("tokens", "longest", "content_tokens", "chars", "words")
 
 
@@ -75,7 +77,7 @@ def token_stats(records: Sequence[Dict[str, Any]], kind: str, tokenizer: Any, ke
         content[start:end] = [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
         chars[start:end] = [len(t) for t in texts]
         words[start:end] = [len(t.split()) for t in texts]
-    encoded = pa.table({name: pa.array(values) for name, values in kept.items()}) if kept else None
+    encoded = pa.table({name: pa.array(values, KEPT_TYPES[name]) for name, values in kept.items()}) if kept else None
     return TokenStats(tokens, longest, content, chars, words, encoded)
 
 

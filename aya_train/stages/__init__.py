@@ -5,14 +5,13 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Optional
 
-# kind -> (module with `run(ctx) -> StageResult`, trl config class name used for `args` checks, or None
-# for a stage that trains nothing and has no `args`)
+# kind -> (module with `run(ctx) -> StageResult`, trl config class name used for `args` checks (per
+# `algorithm` for rl), or None for a stage that trains nothing and has no `args`)
 _REGISTRY = {
     "sft": ("aya_train.stages.sft", "SFTConfig"),
     "reward": ("aya_train.stages.reward", "RewardConfig"),
     "dpo": ("aya_train.stages.dpo", "DPOConfig"),
-    # `args` are checked against RLOOConfig; stages.NAME.algorithm=grpo trains with GRPOConfig.
-    "rl": ("aya_train.stages.rl", "RLOOConfig"),
+    "rl": ("aya_train.stages.rl", {"rloo": "RLOOConfig", "grpo": "GRPOConfig"}),
     # Stages without a trl trainer: no `args` passthrough.
     "merge": ("aya_train.stages.merge", None),
     "evaluate": ("aya_train.stages.evaluate", None),
@@ -20,11 +19,13 @@ _REGISTRY = {
 }
 
 
-def trainer_config_class(kind: str) -> Optional[type]:
-    """The trl config dataclass whose fields a stage's `args` may set; None for a stage without a trainer."""
+def trainer_config_class(node) -> Optional[type]:
+    """The trl config dataclass whose fields stage `node`'s `args` may set; None for a stage without a trainer."""
     import trl
 
-    name = _REGISTRY[kind][1]
+    name = _REGISTRY[node.kind][1]
+    if isinstance(name, dict):  # the trainer follows the stage's algorithm
+        name = name[node.algorithm]
     return getattr(trl, name) if name else None
 
 
