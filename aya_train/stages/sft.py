@@ -19,12 +19,12 @@ from datasets.table import InMemoryTable
 from trl import SFTConfig, SFTTrainer
 
 from aya_train.batching import PackedRowsCollator, resolve_batching, sft_batching_args
+from aya_train.data.tokens import ASSISTANT_MASKS, INPUT_IDS
 from aya_train.metrics.per_language import PerLanguageTrainerMixin, eval_subsets, first_and_last, read_metrics
 from aya_train.modeling import load_model, load_tokenizer, lora_config, resolve_attn_implementation
 from aya_train.stages.common import (
     StageContext, StageResult, attach_callbacks, save_final, train_resumable, trainer_args,
 )
-from aya_train.data.tokens import ASSISTANT_MASKS, INPUT_IDS
 from aya_train.stages.prep_cache import PreparedDataCache, cache_root, prepared_key, tokenizer_fingerprint
 
 TOKEN_COUNTS = "train_token_counts.json"
@@ -42,7 +42,7 @@ class AyaSFTTrainer(SFTTrainer, PerLanguageTrainerMixin):
         super().__init__(*args, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
-        tokens = [c for c in (INPUT_IDS, ASSISTANT_MASKS) if c in dataset.column_names]
+        tokens = [c for c in (INPUT_IDS, ASSISTANT_MASKS) if c in (dataset.column_names or [])]
         rows = dataset.remove_columns(tokens) if tokens else dataset
         if self.chat_template is not None:
             dataset = rows  # the loader tokenised with the tokenizer's own template, not this one: trl tokenises
@@ -102,6 +102,7 @@ def with_token_columns(rows: Dataset, encoded: Optional[pa.Table], assistant_onl
 
 
 def trainer_columns(rows: Dataset) -> list:
+    """The columns of `rows` the trainer is given: messages, and the token columns when attached."""
     return [c for c in TRAINER_COLUMNS if c in rows.column_names]
 
 
